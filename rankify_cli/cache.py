@@ -1,0 +1,68 @@
+"""The toolkit's one cache: finished work (reranker scores, LLM calls) keyed by content.
+
+A key is a hash of everything that changes the value (model and revision, template,
+decoding parameters, query and document text), computed by the stage; this module only
+stores. SQLite in WAL mode gives atomic commits and safe concurrent writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "store.sqlite"
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, created REAL, PRIMARY KEY (ns, key))")
+            self._local.db = db
+        return db
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        db = self._db()
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT key, value FROM kv WHERE ns=? AND key IN ({marks})", [namespace, *chunk])
+            out.update((k, json.loads(v)) for k, v in rows)
+        return out
+
+    def put_many(self, namespace: str, items: Mapping[str, Any]) -> None:
+        if not items:
+            return
+        now = time.time()
+        db = self._db()
+        with db:
+            db.executemany(
+                "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+                [(namespace, k, json.dumps(v), now) for k, v in items.items()],
+            )
+
+    def info(self) -> dict[str, Any]:
+        rows = self._db().execute("SELECT ns, COUNT(*), MIN(created), MAX(created) FROM kv GROUP BY ns").fetchall()
+        return {ns: {"entries": n, "oldest": lo, "newest": hi} for ns, n, lo, hi in rows}
+
+    def clear(self, older_than_s: float | None = None) -> int:
+        db = self._db()
+        with db:
+            if older_than_s is None:
+                cur = db.execute("DELETE FROM kv")
+            else:
+                cur = db.execute("DELETE FROM kv WHERE created < ?", [time.time() - older_than_s])
+        return cur.rowcount

@@ -1,0 +1,332 @@
+"""The `rankify` command. Exit codes: 0 ok, 1 regression, 2 usage or data error, 3 internal
+error, 130 interrupted. Errors print as one line on stderr, never a traceback (set
+RANKIFY_DEBUG=1 to see one). Heavy modules are imported inside commands, so --help is fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+                  help="Reproducible reranking benchmarks: which reranker orders the same candidates best, "
+                       "and at what cost?")
+
+MULTI_VALUE_OPTIONS = ("--metrics", "-m")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    import shutil
+
+    # Not a terminal (CI logs, pipes): rich would assume 80 columns and squash tables.
+    width = None if (sys.stderr if stderr else sys.stdout).isatty() else max(160, shutil.get_terminal_size().columns)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def _warn(msg: str) -> None:
+    _console(stderr=True).print(f"[yellow]warning:[/yellow] {msg}")
+
+
+@contextmanager
+def _progress_factory(enabled: bool):
+    """Yields a factory of rich progress bars (or silent ones) for pipeline stages."""
+    if not enabled:
+        from .pipeline import no_progress
+
+        yield no_progress
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_console(stderr=True), transient=True) as bars:
+        @contextmanager
+        def factory(description: str, total: int):
+            task = bars.add_task(description, total=total)
+            try:
+                yield lambda n: bars.advance(task, n)
+            finally:
+                bars.remove_task(task)
+
+        yield factory
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}"
+
+
+@app.command()
+def run(
+    dataset: str = typer.Option("scifact", "--dataset", "-d", help="Catalog name (see `rankify datasets`) or a dataset folder."),
+    retriever: Optional[str] = typer.Option(None, "--retriever", "-r", help="bm25 | bm25:rank-bm25 | run:NAME | run:FILE (default: bm25, or run:bm25 for datasets without a corpus)."),
+    reranker: List[str] = typer.Option([], "--reranker", help="Reranker spec; repeat for a cascade."),
+    depth: int = typer.Option(1000, "--depth", help="Candidates the first stage returns per query."),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates each reranker reorders."),
+    metrics: List[str] = typer.Option([], "--metrics", "-m", help="ir-measures names, e.g. nDCG@10 R@100 'AP(rel=2)'."),
+    output: Path = typer.Option(Path("results"), "--output", "-o", help="Results folder (run files, metrics.json, leaderboard.csv)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding datasets (default: $RANKIFY_DATA_DIR)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: $RANKIFY_CACHE_DIR or ~/.cache/rankify-cli)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write cached indexes and scores."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Retrieve, rerank and evaluate one dataset; write run files, metrics.json and a leaderboard row."""
+    from .cache import Store
+    from .datasets import cache_root, resolve
+    from .evaluation import parse_measures, split_measures
+    from .pipeline import Pipeline, execute
+    from .results import write_results
+
+    ds = resolve(dataset, data_dir)
+    measures = split_measures(metrics) or ds.default_measures()
+    parse_measures(measures)
+    if retriever is None:
+        retriever = "bm25" if ds.has_corpus() or "bm25" not in ds.run_files() else "run:bm25"
+    pipe = Pipeline(retriever, reranker, depth=depth, top_k=top_k)
+    cache = None if no_cache else Path(cache_dir or cache_root())
+    store = Store(cache) if cache and reranker else None
+    show = not (quiet or as_json) and sys.stderr.isatty()
+    log = (lambda m: None) if as_json or quiet else (lambda m: _console(stderr=True).print(f"[dim]{m}[/dim]"))
+    log(f"dataset {ds.name}: {ds.root} (from {ds.origin})")
+    with _progress_factory(show) as progress:
+        result = execute(pipe, ds, measures, cache_dir=str(cache) if cache else None, store=store,
+                         progress=progress, log=log)
+    doc = write_results(result, output)
+    for w in result.warnings:
+        _warn(w)
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return
+    _print_result(result, doc)
+
+
+def _print_result(result, doc) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.dataset.name}  ({result.queries} queries)", title_justify="left")
+    for col in ["stage", *result.measures, "queries evaluated", "seconds"]:
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in result.stages:
+        ev = s.evaluation
+        table.add_row(s.spec, *[_fmt(ev.aggregate[m]) for m in ev.aggregate], str(ev.queries_evaluated), f"{s.seconds:.2f}")
+    con = _console()
+    con.print(table)
+    notes = {k: v for k, v in result.final.evaluation.notes.items() if v}
+    if notes:
+        con.print("evaluation: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items()))
+    con.print(f"data: {result.dataset.root} (from {result.dataset.origin})")
+    con.print(f"results: {doc['output_dir']}")
+
+
+@app.command("eval")
+def eval_(
+    run_file: Path = typer.Argument(..., help="A TREC run file."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Catalog name or folder: qrels and evaluation rules."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="A qrels file (BEIR tsv or TREC), instead of --dataset."),
+    metrics: List[str] = typer.Option([], "--metrics", "-m", help="ir-measures names."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    per_query: bool = typer.Option(False, "--per-query", help="Also print per-query values."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+):
+    """Evaluate a run file against a dataset's qrels (with its rules) or a qrels file."""
+    from .datasets import EvalRules, resolve
+    from .errors import ConfigError
+    from .evaluation import evaluate, parse_measures, split_measures
+    from .formats import read_qrels, read_trec_run
+
+    if (dataset is None) == (qrels is None):
+        raise ConfigError("give exactly one of --dataset or --qrels")
+    ds = resolve(dataset, data_dir) if dataset else None
+    measures = split_measures(metrics) or (ds.default_measures() if ds else ["nDCG@10", "R@100"])
+    parse_measures(measures)
+    run = read_trec_run(run_file)
+    judgments = ds.qrels() if ds else read_qrels(qrels)
+    result = evaluate(run, judgments, measures, ds.rules() if ds else EvalRules())
+    doc = {"run": str(run_file), "dataset": ds.name if ds else None, "qrels": str(ds.qrels_path if ds else qrels),
+           "metrics": result.aggregate, "queries_evaluated": result.queries_evaluated, "notes": result.notes}
+    if per_query or as_json:
+        doc["per_query"] = result.per_query
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{run_file.name} on {ds.name if ds else qrels}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for m, v in result.aggregate.items():
+        table.add_row(m, _fmt(v))
+    table.add_row("queries evaluated", str(result.queries_evaluated))
+    con = _console()
+    con.print(table)
+    for k, v in result.notes.items():
+        if v:
+            con.print(f"note: {k.replace('_', ' ')}: {v}")
+    if per_query:
+        for qid in sorted(result.per_query):
+            con.print(qid + "\t" + "\t".join(f"{m}={_fmt(v)}" for m, v in result.per_query[qid].items()))
+
+
+@app.command()
+def datasets(
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """What datasets are known, which are available locally, and where they resolve to."""
+    from .catalog import CATALOG
+    from .datasets import Dataset, data_dirs, locate
+
+    rows = []
+    data_dirs(data_dir)  # validates RANKIFY_DATA_DIR / --data-dir
+    for entry in CATALOG.values():
+        found = locate(entry, data_dir)
+        row = {"name": entry.name, "description": entry.description, "available": bool(found),
+               "path": str(found[0]) if found else None, "origin": found[1] if found else None,
+               "corpus": False, "runs": []}
+        if found:
+            ds = Dataset(entry.name, found[0], entry.layout, found[1], entry)
+            row["corpus"] = ds.has_corpus()
+            row["runs"] = sorted(ds.run_files())
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for col in ("name", "available", "corpus", "runs", "path", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["available"] else "no", "yes" if r["corpus"] else "-",
+                      ",".join(r["runs"]) or "-", f"{r['path']} ({r['origin']})" if r["path"] else "-", r["description"])
+    _console().print(table)
+
+
+@app.command()
+def leaderboard(
+    output: Path = typer.Option(Path("results"), "--output", "-o", help="Results folder holding leaderboard.csv."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Export as CSV to a file ('-' for stdout)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table."),
+    as_json: bool = typer.Option(False, "--json", help="Print rows as JSON."),
+    dataset: List[str] = typer.Option([], "--dataset", "-d", help="Only these datasets."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Sort by this measure (descending)."),
+):
+    """Show results/leaderboard.csv as a table, or export it."""
+    from .errors import InputError
+    from .formats import atomic_write
+    from .results import columns, read_leaderboard
+
+    path = output / "leaderboard.csv"
+    if not path.exists():
+        raise InputError("no leaderboard yet; run `rankify run` first", path)
+    rows = read_leaderboard(path)
+    if dataset:
+        rows = [r for r in rows if r["dataset"] in dataset]
+    if metric:
+        from .errors import ConfigError
+
+        if rows and metric not in rows[0]:
+            raise ConfigError(f"no column '{metric}' in {path}")
+        rows.sort(key=lambda r: -float(r.get(metric) or "nan") if r.get(metric) else float("inf"))
+    cols = columns(rows) if rows else []
+    if csv_path:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        if csv_path == "-":
+            sys.stdout.write(buf.getvalue())
+        else:
+            atomic_write(csv_path, buf.getvalue())
+        return
+    if as_json:
+        print(json.dumps(rows))
+        return
+    short = [c for c in cols if c not in ("config_hash", "rankify_version", "git_commit", "date")]
+    if markdown:
+        print("| " + " | ".join(short) + " |")
+        print("|" + "|".join("---" for _ in short) + "|")
+        for r in rows:
+            print("| " + " | ".join(str(r.get(c, "")) for c in short) + " |")
+        return
+    from rich.table import Table
+
+    table = Table(title=str(path), title_justify="left")
+    for c in short:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in short])
+    _console().print(table)
+
+
+def _join_multi_values(argv: list[str]) -> list[str]:
+    """Let `--metrics nDCG@10 R@100 "AP(rel=2)"` take several values, as users type it."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg in MULTI_VALUE_OPTIONS:
+            values = []
+            while i < len(argv) and not argv[i].startswith("-") and (not values or _looks_like_measure(argv[i])):
+                values.append(argv[i])
+                i += 1
+            if values:
+                out.append(",".join(values))
+    return out
+
+
+_MEASURE = None
+
+
+def _looks_like_measure(token: str) -> bool:
+    global _MEASURE
+    if _MEASURE is None:
+        import re
+
+        _MEASURE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\([^)]*\))?(@[0-9.]+)?$")
+    return bool(_MEASURE.match(token)) and not os.path.exists(token)
+
+
+def main() -> None:
+    from .errors import RankifyError
+
+    argv = _join_multi_values(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="rankify", standalone_mode=False)
+    except RankifyError as e:
+        print(f"error: {e.render()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        if os.environ.get("RANKIFY_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (set RANKIFY_DEBUG=1 for a traceback)", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

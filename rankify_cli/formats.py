@@ -1,0 +1,296 @@
+"""Readers and writers for the file formats of IR benchmarks, strict about their input.
+
+Every problem is an InputError naming the file and, where there is one, the line, plus
+what was expected. Nothing here guesses silently: a bad line stops the run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError
+from .types import Candidate, Document, Qrels, Query, Run
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """Whole file as text (gzip by suffix), refusing missing, binary or non-UTF-8 files."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file not found (expected {what})", p)
+    if not p.is_file():
+        raise InputError(f"not a regular file (expected {what})", p)
+    raw = p.read_bytes()
+    if p.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise InputError(f"not a valid gzip file ({e}); expected {what}", p) from None
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise InputError(f"binary data (NUL byte) where {what} was expected", p, line)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text (byte {e.start}); expected {what}", p, line) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def iter_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers."""
+    for no, line in enumerate(read_text(path, what).splitlines(), 1):
+        if line.strip():
+            yield no, line
+
+
+def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
+    for no, line in iter_lines(path, what):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON ({e.msg} at column {e.colno}); expected {what}", path, no) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object per line ({what}), got {type(obj).__name__}", path, no)
+        yield no, obj
+
+
+def _id(obj: dict, key: str, path, no: int, what: str) -> str:
+    if key not in obj or obj[key] is None or str(obj[key]).strip() == "":
+        raise InputError(f'{what} has no "{key}"', path, no)
+    value = obj[key]
+    if not isinstance(value, (str, int)):
+        raise InputError(f'"{key}" must be a string or integer, got {type(value).__name__}', path, no)
+    return str(value)
+
+
+def _str_field(obj: dict, key: str, path, no: int, required: bool) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise InputError(f'document has no "{key}" field', path, no)
+        return ""
+    if not isinstance(obj[key], str):
+        raise InputError(f'"{key}" must be a string, got {type(obj[key]).__name__}', path, no)
+    return obj[key]
+
+
+def _no_duplicates(seen: dict[str, int], key: str, path, no: int, what: str) -> None:
+    if key in seen:
+        raise InputError(f"duplicate {what} '{key}' (first at line {seen[key]})", path, no)
+    seen[key] = no
+
+
+def read_beir_corpus(path: str | Path) -> list[Document]:
+    what = 'BEIR corpus lines {"_id", "title", "text"}'
+    docs, seen = [], {}
+    for no, obj in iter_jsonl(path, what):
+        doc_id = _id(obj, "_id", path, no, "document")
+        _no_duplicates(seen, doc_id, path, no, "document id")
+        docs.append(Document(doc_id, _str_field(obj, "text", path, no, True), _str_field(obj, "title", path, no, False)))
+    if not docs:
+        raise InputError(f"empty file; expected {what}", path)
+    return docs
+
+
+def _check_query(qid: str, text: str, path, no: int, seen: dict[str, int]) -> Query:
+    _no_duplicates(seen, qid, path, no, "query id")
+    if not text.strip():
+        raise InputError(f"query '{qid}' has empty text", path, no)
+    return Query(qid, text)
+
+
+def read_beir_queries(path: str | Path) -> list[Query]:
+    what = 'BEIR queries lines {"_id", "text"}'
+    out, seen = [], {}
+    for no, obj in iter_jsonl(path, what):
+        qid = _id(obj, "_id", path, no, "query")
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise InputError(f'query \'{qid}\' has no "text" string', path, no)
+        out.append(_check_query(qid, text, path, no, seen))
+    if not out:
+        raise InputError(f"empty file; expected {what}", path)
+    return out
+
+
+def read_topics_tsv(path: str | Path) -> list[Query]:
+    what = "topics lines 'query-id<TAB>text'"
+    out, seen = [], {}
+    for no, line in iter_lines(path, what):
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise InputError(f"expected 2 tab-separated columns (query-id, text), got {len(parts)}", path, no)
+        out.append(_check_query(parts[0].strip(), parts[1], path, no, seen))
+    if not out:
+        raise InputError(f"empty file; expected {what}", path)
+    return out
+
+
+def _grade(value: str, path, no: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"relevance grade '{value}' is not an integer", path, no) from None
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """BEIR `qrels/*.tsv` (query-id, corpus-id, score; header optional) or TREC qrels
+    (query-id, iteration, doc-id, grade). The format is fixed by the first data line."""
+    what = "qrels lines 'query-id corpus-id grade' (BEIR tsv) or 'query-id 0 doc-id grade' (TREC)"
+    qrels: Qrels = {}
+    ncols = None
+    for no, line in iter_lines(path, what):
+        parts = line.split("\t") if "\t" in line else line.split()
+        parts = [p.strip() for p in parts]
+        if ncols is None:
+            if parts[0].lower() in ("query-id", "query_id", "qid") and len(parts) == 3:
+                ncols = 3
+                continue  # BEIR header
+            if len(parts) not in (3, 4):
+                raise InputError(f"expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}", path, no)
+            ncols = len(parts)
+        if len(parts) != ncols:
+            raise InputError(f"expected {ncols} columns like the first line, got {len(parts)}", path, no)
+        qid, doc_id, grade = (parts[0], parts[1], parts[2]) if ncols == 3 else (parts[0], parts[2], parts[3])
+        qrels.setdefault(qid, {})[doc_id] = _grade(grade, path, no)
+    if not qrels:
+        raise InputError(f"no judgments; expected {what}", path)
+    return qrels
+
+
+def read_trec_run(path: str | Path) -> Run:
+    what = "TREC run lines 'query-id Q0 doc-id rank score tag'"
+    run: Run = {}
+    seen: dict[tuple[str, str], int] = {}
+    for no, line in iter_lines(path, what):
+        parts = line.split()
+        if len(parts) != 6:
+            raise InputError(f"expected 6 columns (query-id Q0 doc-id rank score tag), got {len(parts)}", path, no)
+        qid, _, doc_id, rank, score, _ = parts
+        try:
+            int(rank)
+        except ValueError:
+            raise InputError(f"rank '{rank}' is not an integer", path, no) from None
+        try:
+            value = float(score)
+        except ValueError:
+            raise InputError(f"score '{score}' is not a number", path, no) from None
+        if math.isnan(value):
+            raise InputError("score is NaN", path, no)
+        key = (qid, doc_id)
+        if key in seen:
+            raise InputError(f"document '{doc_id}' listed twice for query '{qid}' (first at line {seen[key]})", path, no)
+        seen[key] = no
+        run.setdefault(qid, []).append(Candidate(doc_id, value))
+    if not run:
+        raise InputError(f"empty run; expected {what}", path)
+    return {q: sorted(c, key=lambda x: (-x.score, x.doc_id)) for q, c in run.items()}
+
+
+def read_candidates_json(path: str | Path) -> tuple[list[Query], Run]:
+    """rank_llm / RankGPT candidate lists: [{"query", "hits": [{"qid","docid","score","content"}]}]."""
+    what = 'rank_llm JSON: a list of {"query": str, "hits": [{"qid", "docid", "score", "content"}]}'
+    try:
+        data = json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON at line {e.lineno} ({e.msg}); expected {what}", path, e.lineno) from None
+    if not isinstance(data, list) or not data:
+        raise InputError(f"expected {what}", path)
+    queries, run, seen = [], {}, {}
+    for i, entry in enumerate(data):
+        at = f"entry {i}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("query"), str) or not isinstance(entry.get("hits"), list):
+            raise InputError(f"{at}: expected {{\"query\": str, \"hits\": list}}", path)
+        if not entry["hits"]:
+            continue
+        qid = None
+        cands, docs_seen = [], set()
+        for j, hit in enumerate(entry["hits"]):
+            if not isinstance(hit, dict) or "docid" not in hit or "qid" not in hit:
+                raise InputError(f'{at} hit {j}: expected "qid" and "docid"', path)
+            qid = str(hit["qid"])
+            doc_id = str(hit["docid"])
+            if doc_id in docs_seen:
+                raise InputError(f"{at} hit {j}: document '{doc_id}' listed twice for query '{qid}'", path)
+            docs_seen.add(doc_id)
+            try:
+                score = float(hit.get("score", -j))
+            except (TypeError, ValueError):
+                raise InputError(f"{at} hit {j}: score is not a number", path) from None
+            content = hit.get("content", "")
+            if not isinstance(content, str):
+                raise InputError(f"{at} hit {j}: content must be a string", path)
+            cands.append(Candidate(doc_id, score, content))
+        if qid in seen:
+            raise InputError(f"{at}: query '{qid}' appears twice (first at entry {seen[qid]})", path)
+        seen[qid] = i
+        if not entry["query"].strip():
+            raise InputError(f"{at}: query '{qid}' has empty text", path)
+        queries.append(Query(qid, entry["query"]))
+        run[qid] = sorted(cands, key=lambda x: (-x.score, x.doc_id))
+    return queries, run
+
+
+def read_corpus_tsv(path: str | Path) -> list[Document]:
+    what = "corpus lines 'doc-id<TAB>text'"
+    docs, seen = [], {}
+    for no, line in iter_lines(path, what):
+        parts = line.split("\t", 1)
+        if len(parts) != 2 or not parts[0].strip():
+            raise InputError("expected 'doc-id<TAB>text'", path, no)
+        _no_duplicates(seen, parts[0], path, no, "document id")
+        docs.append(Document(parts[0], parts[1]))
+    return docs
+
+
+def read_bright_examples(path: str | Path) -> tuple[list[Query], dict[str, set[str]]]:
+    """BRIGHT examples: queries and the per-query `excluded_ids` to drop before scoring."""
+    what = 'BRIGHT examples {"id", "query", "gold_ids", "excluded_ids"}'
+    queries, excluded, seen = [], {}, {}
+    for no, obj in iter_jsonl(path, what):
+        qid = _id(obj, "id", path, no, "example")
+        text = obj.get("query")
+        if not isinstance(text, str):
+            raise InputError(f'example \'{qid}\' has no "query" string', path, no)
+        queries.append(_check_query(qid, text, path, no, seen))
+        ids = obj.get("excluded_ids") or []
+        if not isinstance(ids, list):
+            raise InputError('"excluded_ids" must be a list', path, no)
+        excluded[qid] = {str(x) for x in ids if str(x) != "N/A"}
+    return queries, excluded
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_trec_run(run: Run, tag: str) -> str:
+    """A TREC run with ranks from the toolkit's order; scores keep full float precision."""
+    lines = []
+    for qid in sorted(run):
+        for rank, c in enumerate(run[qid], 1):
+            lines.append(f"{qid} Q0 {c.doc_id} {rank} {c.score!r} {tag}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"

@@ -1,0 +1,147 @@
+"""A pipeline: one retriever, then a cascade of rerankers, each reranking the previous
+stage's top-k. The pipeline sees only the Retriever/Reranker interfaces, never a family."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
+
+from . import registry
+from .datasets import Dataset
+from .errors import InputError
+from .evaluation import Evaluation, evaluate
+from .types import Candidate, Query, Run, StageContext, fingerprint, sort_candidates
+
+ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def no_progress(description: str, total: int):
+    yield lambda n: None
+
+
+@dataclass
+class StageResult:
+    kind: str
+    spec: str
+    config: dict
+    run: Run
+    seconds: float
+    evaluation: Evaluation | None = None
+    stats: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    dataset: Dataset
+    pipeline_id: str
+    config: dict
+    config_hash: str
+    measures: list[str]
+    queries: int
+    stages: list[StageResult]
+    warnings: list[str]
+
+    @property
+    def final(self) -> StageResult:
+        return self.stages[-1]
+
+
+class Pipeline:
+    def __init__(self, retriever: str, rerankers: list[str] | None = None, depth: int = 1000, top_k: int = 100):
+        if depth < 1 or top_k < 1:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--depth and --top-k must be positive (got {depth}, {top_k})")
+        self.retriever = registry.build("retriever", retriever)
+        self.rerankers = [registry.build("reranker", r) for r in rerankers or []]
+        self.depth, self.top_k = depth, top_k
+
+    @property
+    def id(self) -> str:
+        parts = [self.retriever.spec] + [f"{r.spec}@{self.top_k}" for r in self.rerankers]
+        return " >> ".join(parts)
+
+    def config(self) -> dict:
+        return {
+            "retriever": {"spec": self.retriever.spec, **self.retriever.config()},
+            "depth": self.depth,
+            "rerankers": [{"spec": r.spec, **r.config()} for r in self.rerankers],
+            "top_k": self.top_k if self.rerankers else None,
+        }
+
+
+def _queries_to_run(ds: Dataset, warnings: list[str]) -> list[Query]:
+    queries, qrels = ds.queries(), ds.qrels()
+    judged = [q for q in queries if q.id in qrels]
+    skipped = len(queries) - len(judged)
+    if skipped:
+        warnings.append(f"{skipped} of {len(queries)} queries have no judgments and were not run")
+    missing = len(set(qrels) - {q.id for q in queries})
+    if missing:
+        warnings.append(f"{missing} judged queries are missing from {ds.queries_path.name}")
+    if not judged:
+        raise InputError("no query has judgments in the qrels: check that the query ids match", ds.qrels_path)
+    return judged
+
+
+def _fill_text(ds: Dataset, run: Run, spec: str) -> None:
+    missing = [c for cands in run.values() for c in cands if not c.text]
+    if not missing:
+        return
+    if not ds.has_corpus():
+        raise InputError(f"candidates have no text and dataset '{ds.name}' has no corpus, so '{spec}' cannot rerank them",
+                         ds.root)
+    by_id = ds.corpus().by_id
+    for c in missing:
+        doc = by_id.get(c.doc_id)
+        if doc is None:
+            raise InputError(f"candidate '{c.doc_id}' is not in the corpus of '{ds.name}'", ds.corpus_path)
+        c.text = doc.full_text
+
+
+def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str | None = None, store=None,
+            progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda m: None) -> PipelineResult:
+    warnings: list[str] = []
+    queries = _queries_to_run(ds, warnings)
+    qrels, rules = ds.qrels(), ds.rules()
+    if ds.has_corpus() and ds.layout == "beir":
+        ids = ds.corpus().by_id
+        outside = sum(1 for docs in qrels.values() for d in docs if d not in ids)
+        if outside:
+            warnings.append(f"{outside} qrels entries name documents that are not in the corpus")
+    stages: list[StageResult] = []
+
+    ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log)
+    r = pipeline.retriever
+    with progress(f"retrieve {r.spec}", len(queries)) as advance:
+        ctx.progress = advance
+        t0 = time.perf_counter()
+        run = r.retrieve(ds, queries, pipeline.depth, ctx)
+        seconds = time.perf_counter() - t0
+    run = {q: sort_candidates(c) for q, c in run.items()}
+    stages.append(StageResult("retriever", r.spec, r.config(), run, seconds,
+                              evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(r, "timings", {}))))
+
+    by_id = {q.id: q for q in queries}
+    for rr in pipeline.rerankers:
+        heads = {qid: [Candidate(c.doc_id, c.score, c.text) for c in cands[: pipeline.top_k]]
+                 for qid, cands in run.items() if cands}
+        _fill_text(ds, heads, rr.spec)
+        items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
+        ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log)
+        with progress(f"rerank {rr.spec}", len(items)) as advance:
+            ctx.progress = advance
+            t0 = time.perf_counter()
+            out = rr.rerank_all(items, ctx)
+            seconds = time.perf_counter() - t0
+        run = {q.id: sort_candidates(cands) for (q, _), cands in zip(items, out)}
+        stages.append(StageResult("reranker", rr.spec, rr.config(), run, seconds,
+                                  evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(rr, "timings", {}))))
+
+    config = {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), **pipeline.config()}
+    return PipelineResult(ds, pipeline.id, config, fingerprint(config)[:12], measures, len(queries), stages, warnings)

@@ -1,0 +1,160 @@
+"""Results on disk: a TREC run per stage, metrics.json, and the leaderboard CSV.
+
+Every file is written atomically (temp file + rename) and the leaderboard is updated under
+a file lock, so concurrent runs lose no row and a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import io
+import platform
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .formats import atomic_write, format_trec_run, to_json
+from .pipeline import PipelineResult
+
+KEY = ("dataset", "pipeline")
+LEAD = ["dataset", "pipeline"]
+TAIL = ["queries", "retrieve_s", "rerank_s", "total_s", "s_per_query", "config_hash", "rankify_version",
+        "git_commit", "date"]
+
+
+def slug(text: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace(" >> ", "__")).strip("-.")
+    return text[:80] or "pipeline"
+
+
+def result_dir(output: Path, result: PipelineResult) -> Path:
+    return output / slug(result.dataset.name) / f"{slug(result.pipeline_id)}-{result.config_hash[:8]}"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "rankify-cli": __version__}
+    for name in ("numpy", "bm25s", "rank-bm25", "ir-measures", "pytrec-eval-terrier", "torch", "transformers",
+                 "sentence-transformers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def metrics_document(result: PipelineResult) -> dict:
+    stages = []
+    for i, s in enumerate(result.stages, 1):
+        stages.append({
+            "stage": i, "kind": s.kind, "spec": s.spec, "config": s.config, "seconds": round(s.seconds, 4),
+            "timings": {k: round(v, 4) for k, v in s.timings.items()}, "stats": s.stats,
+            "run_file": f"stage{i}.run",
+            "metrics": s.evaluation.aggregate if s.evaluation else None,
+            "queries_evaluated": s.evaluation.queries_evaluated if s.evaluation else 0,
+            "evaluation_notes": s.evaluation.notes if s.evaluation else {},
+        })
+    final = result.final.evaluation
+    return {
+        "dataset": result.dataset.describe(),
+        "pipeline": result.pipeline_id,
+        "config": result.config,
+        "config_hash": result.config_hash,
+        "measures": result.measures,
+        "queries": result.queries,
+        "metrics": final.aggregate if final else None,
+        "per_query": final.per_query if final else None,
+        "stages": stages,
+        "warnings": result.warnings,
+        "timings": {"total_s": round(sum(s.seconds for s in result.stages), 4)},
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def leaderboard_row(result: PipelineResult, doc: dict) -> dict:
+    retrieve = sum(s.seconds for s in result.stages if s.kind == "retriever")
+    rerank = sum(s.seconds for s in result.stages if s.kind == "reranker")
+    total = retrieve + rerank
+    row = {"dataset": result.dataset.name, "pipeline": result.pipeline_id}
+    row.update({m: f"{v:.4f}" for m, v in (doc["metrics"] or {}).items()})
+    row.update({
+        "queries": result.queries, "retrieve_s": f"{retrieve:.3f}", "rerank_s": f"{rerank:.3f}",
+        "total_s": f"{total:.3f}", "s_per_query": f"{total / max(result.queries, 1):.5f}",
+        "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": doc["git_commit"],
+        "date": doc["date"],
+    })
+    return row
+
+
+@contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_leaderboard(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def columns(rows: list[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        seen += [k for k in r if k not in seen]
+    measures = [c for c in seen if c not in LEAD and c not in TAIL]
+    return LEAD + measures + [c for c in TAIL if c in seen] + []
+
+
+def write_leaderboard(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def upsert_leaderboard(path: Path, row: dict) -> None:
+    """Replace the row with the same (dataset, pipeline), or append; never duplicate."""
+    with locked(path):
+        rows = [r for r in read_leaderboard(path) if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)]
+        rows.append(row)
+        rows.sort(key=lambda r: (r["dataset"], r["pipeline"]))
+        write_leaderboard(path, rows)
+
+
+def write_results(result: PipelineResult, output: Path) -> dict:
+    """Write run files and metrics.json for one pipeline, then upsert its leaderboard row."""
+    target = result_dir(output, result)
+    doc = metrics_document(result)
+    for i, s in enumerate(result.stages, 1):
+        atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug(s.spec)[:40]))
+    atomic_write(target / "metrics.json", to_json(doc))
+    upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc))
+    doc["output_dir"] = str(target)
+    return doc

@@ -1,0 +1,142 @@
+"""Core types shared by every stage: the only module retrievers and rerankers import.
+
+A *run* maps a query id to its candidates in rank order. Every retriever produces one and
+every reranker, whatever its paradigm, consumes and produces one, so the pipeline never
+knows which family it is running.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+
+    @property
+    def full_text(self) -> str:
+        """Title and body as one string, the way BEIR baselines index them."""
+        return f"{self.title} {self.text}".strip() if self.title else self.text
+
+
+@dataclass
+class Candidate:
+    """One document in a ranked list. `text` is filled before reranking."""
+
+    doc_id: str
+    score: float
+    text: str = ""
+
+
+Run = dict[str, list[Candidate]]
+Qrels = dict[str, dict[str, int]]
+
+
+def rank_key(c: Candidate) -> tuple[float, str]:
+    """The toolkit's one tie-breaking rule: score descending, then doc id ascending."""
+    return (-c.score, c.doc_id)
+
+
+def sort_candidates(cands: Iterable[Candidate]) -> list[Candidate]:
+    return sorted(cands, key=rank_key)
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable content hash of a JSON-able config (cache keys, config hashes)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ScoreStore(Protocol):
+    """The cache layer as a stage sees it (implemented by rankify_cli.cache)."""
+
+    def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]: ...
+
+    def put_many(self, namespace: str, items: Mapping[str, Any]) -> None: ...
+
+
+@dataclass
+class StageContext:
+    """What the pipeline hands a stage: cache, progress and counters.
+
+    `stats` counts events per kind (truncated documents, parse failures, LLM calls, ...);
+    they end up in metrics.json so degradations are never silent.
+    """
+
+    cache_dir: str | None = None
+    store: ScoreStore | None = None
+    progress: Callable[[int], None] = lambda n: None
+    stats: Counter = field(default_factory=Counter)
+    log: Callable[[str], None] = lambda msg: None
+
+
+class Corpus(Protocol):
+    """Documents of a dataset, as a retriever sees them."""
+
+    def documents(self) -> Iterator[Document]: ...
+
+    def fingerprint(self) -> str: ...
+
+    def __len__(self) -> int: ...
+
+
+class Source(Protocol):
+    """Everything a retriever may read from a dataset."""
+
+    name: str
+
+    def corpus(self) -> Corpus: ...
+
+    def pre_retrieved(self, name: str) -> Run: ...
+
+
+class Retriever(abc.ABC):
+    """First stage: queries in, a run out."""
+
+    spec: str = ""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """Every setting that changes the output (part of cache keys and config hashes)."""
+
+    @abc.abstractmethod
+    def retrieve(self, source: Source, queries: Sequence[Query], k: int, ctx: StageContext) -> Run:
+        """Return up to k candidates per query, sorted by `rank_key`."""
+
+
+class Reranker(abc.ABC):
+    """Second stage: a query and its ordered candidates in, the same documents reordered.
+
+    Families implement `rerank_all`; scores are higher-is-better, and methods that only
+    produce an order return scores derived from rank.
+    """
+
+    spec: str = ""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """Every setting that changes the scores (model id and revision, template, ...)."""
+
+    @abc.abstractmethod
+    def rerank_all(
+        self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext
+    ) -> list[list[Candidate]]:
+        """Rerank each (query, candidates) pair; call ctx.progress(n) as queries finish."""
+
+    def rerank(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
+        """The one-call form for library users."""
+        return self.rerank_all([(query, candidates)], StageContext())[0]

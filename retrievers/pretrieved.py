@@ -1,0 +1,28 @@
+"""`run:NAME` / `run:FILE`: candidates someone already retrieved (a dataset's staged BM25
+top-100, a TREC run file), so rerankers are compared on exactly the published inputs."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rankify_cli.types import Query, Retriever, Run, Source, StageContext
+
+
+class PreRetrieved(Retriever):
+    def __init__(self, name: str = ""):
+        if not name:
+            raise ValueError("run: needs a name or a file, e.g. run:bm25 or run:path/to/file.run")
+        self.name = name
+        self.spec = f"run:{name}"
+
+    def config(self) -> dict:
+        return {"retriever": "run", "name": self.name}
+
+    def retrieve(self, source: Source, queries: Sequence[Query], k: int, ctx: StageContext) -> Run:
+        run = source.pre_retrieved(self.name)
+        wanted = {q.id for q in queries}
+        missing = len(wanted - set(run))
+        if missing:
+            ctx.stats["queries_missing_from_run"] += missing
+        ctx.progress(len(queries))
+        return {qid: cands[:k] for qid, cands in run.items() if qid in wanted}
