@@ -97,14 +97,17 @@ class Dataset:
     def run_files(self) -> dict[str, Path]:
         """Pre-retrieved candidate lists shipped with the dataset, by name."""
         found: dict[str, Path] = {}
+        named: set[str] = set()
         if self.entry:
             for name, files in self.entry.runs.items():
+                named.update(files)  # alternatives of a named run are not listed again
                 p = _first(self.root, *files)
                 if p:
                     found[name] = p
         for p in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             stem = p.name.split(".")[0]
-            if p.suffix == ".run" or p.name.endswith((".json.gz", ".json")) and stem not in ("queries", "corpus"):
+            is_run = p.suffix == ".run" or p.name.endswith((".json.gz", ".json"))
+            if is_run and p.name not in named and stem not in ("queries", "corpus"):
                 found.setdefault(stem, p)
         return found
 

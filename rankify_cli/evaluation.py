@@ -90,6 +90,8 @@ def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules 
     notes["judged_queries_without_run"] = sum(1 for q in judged if q not in ranked)
     if not ranked:
         raise RankifyError("no query of the run has judgments in the qrels: check that query ids match")
+    # trec_eval's convention (no -c): average over the queries that have both a run and judgments
+    qrels = {qid: docs for qid, docs in qrels.items() if qid in ranked}
     try:
         per_query: dict[str, dict[str, float]] = {}
         for m in ir_measures.iter_calc(measures, qrels, ranked):

@@ -56,7 +56,7 @@ def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"invalid JSON ({e.msg} at column {e.colno}); expected {what}", path, no) from None
+            raise InputError(f"invalid JSON ({e.msg}, column {e.colno}); expected {what}", path, no) from None
         if not isinstance(obj, dict):
             raise InputError(f"expected a JSON object per line ({what}), got {type(obj).__name__}", path, no)
         yield no, obj
