@@ -33,7 +33,7 @@ class Document:
         return f"{self.title} {self.text}".strip() if self.title else self.text
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """One document in a ranked list. `text` is filled before reranking."""
 

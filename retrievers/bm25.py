@@ -9,11 +9,13 @@ analyzer, parameters) and cached on disk.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -47,14 +49,38 @@ def lucene_norm_lengths(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def top_k(scores: np.ndarray, doc_ids: list[str], k: int, positive_only: bool) -> list[Candidate]:
-    """The k best documents by (score desc, doc id asc), ties at the cut included fairly."""
+def top_k(scores: np.ndarray, doc_ids: list[str], k: int, positive_only: bool,
+          id_order: np.ndarray | None = None) -> list[Candidate]:
+    """The k best documents by (score desc, doc id asc), ties at the cut included fairly.
+
+    `id_order[i]` is document i's position in doc-id order (precomputed once per index),
+    which lets numpy do the tie-aware sort instead of Python.
+    """
     idx = np.flatnonzero(scores > 0) if positive_only else np.arange(len(scores))
     if len(idx) > k:
         kth = np.partition(scores[idx], len(idx) - k)[len(idx) - k]
         idx = idx[scores[idx] >= kth]
-    ranked = sorted(((-float(scores[i]), doc_ids[i]) for i in idx))[:k]
-    return [Candidate(d, -s) for s, d in ranked]
+    if id_order is None:
+        id_order = doc_id_order(doc_ids)
+    top = idx[np.lexsort((id_order[idx], -scores[idx]))][:k]
+    return [Candidate(doc_ids[i], s) for i, s in zip(top.tolist(), scores[top].tolist())]
+
+
+@contextmanager
+def gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def doc_id_order(doc_ids: list[str]) -> np.ndarray:
+    order = np.empty(len(doc_ids), dtype=np.int64)
+    order[sorted(range(len(doc_ids)), key=doc_ids.__getitem__)] = np.arange(len(doc_ids))
+    return order
 
 
 def _lucene_bm25s_class():
@@ -156,22 +182,34 @@ class BM25(Retriever):
     def retrieve(self, source: Source, queries: Sequence[Query], k: int, ctx: StageContext) -> Run:
         index, doc_ids = self._load_or_build(source, ctx)
         t0 = time.perf_counter()
-        run: Run = {}
-        for q in queries:
-            tokens = self.analyzer(q.text)
-            if self.backend == "rank-bm25":
-                scores = index.get_scores(tokens) if tokens else np.zeros(len(doc_ids))
-                run[q.id] = top_k(np.asarray(scores), doc_ids, k, positive_only=False)
-            else:
-                ids = index.get_tokens_ids(tokens)  # repeated terms count, as in Anserini
-                if not ids:
-                    ctx.stats["queries_without_known_terms"] += 1
-                    run[q.id] = []
-                else:
-                    run[q.id] = top_k(index.get_scores_from_ids(ids), doc_ids, k, positive_only=True)
-            ctx.progress(1)
+        tokens = [self.analyzer(q.text) for q in queries]
+        lists = self.search(index, doc_ids, tokens, k, ctx)
         self.timings["search_s"] = time.perf_counter() - t0
-        return run
+        return {q.id: cands for q, cands in zip(queries, lists)}
+
+    def search(self, index, doc_ids: list[str], query_tokens: list[list[str]], k: int,
+               ctx: StageContext | None = None) -> list[list]:
+        """Top-k candidates for analysed queries against a built index."""
+        ctx = ctx or StageContext()
+        id_order = doc_id_order(doc_ids)
+        out = []
+        # The candidate lists are many small long-lived objects: pausing the cyclic GC
+        # avoids repeated full passes over the corpus' token lists while they are built.
+        with gc_paused():
+            for tokens in query_tokens:
+                if self.backend == "rank-bm25":
+                    scores = index.get_scores(tokens) if tokens else np.zeros(len(doc_ids))
+                    out.append(top_k(np.asarray(scores), doc_ids, k, positive_only=False, id_order=id_order))
+                else:
+                    ids = index.get_tokens_ids(tokens)  # repeated terms count, as in Anserini
+                    if not ids:
+                        ctx.stats["queries_without_known_terms"] += 1
+                        out.append([])
+                    else:
+                        out.append(top_k(index.get_scores_from_ids(ids), doc_ids, k, positive_only=True,
+                                         id_order=id_order))
+                ctx.progress(1)
+        return out
 
 
 def _save_atomically(index, doc_ids: list[str], path: Path) -> None:
