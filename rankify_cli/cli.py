@@ -73,6 +73,9 @@ def run(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding datasets (default: $RANKIFY_DATA_DIR)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: $RANKIFY_CACHE_DIR or ~/.cache/rankify-cli)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write cached indexes and scores."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="LLM rerankers: hf (local transformers, default) or openai (any OpenAI-compatible server)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server(s), '|'-separated (default: $OPENAI_BASE_URL)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY); the key is never written anywhere."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -88,7 +91,8 @@ def run(
     parse_measures(measures)
     if retriever is None:
         retriever = "bm25" if ds.has_corpus() or "bm25" not in ds.run_files() else "run:bm25"
-    pipe = Pipeline(retriever, reranker, depth=depth, top_k=top_k)
+    pipe = Pipeline(retriever, reranker, depth=depth, top_k=top_k,
+                    reranker_defaults=backend_defaults(backend, base_url, api_key_env))
     cache = None if no_cache else Path(cache_dir or cache_root())
     store = Store(cache) if cache and reranker else None
     show = not (quiet or as_json) and sys.stderr.isatty()
@@ -104,6 +108,17 @@ def run(
         print(json.dumps(doc, ensure_ascii=False))
         return
     _print_result(result, doc)
+
+
+def backend_defaults(backend: str | None, base_url: str | None, api_key_env: str | None) -> dict:
+    """CLI-wide LLM backend flags, applied to every reranker whose constructor takes them."""
+    if backend is not None and backend not in ("hf", "openai"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"--backend must be 'hf' or 'openai', got '{backend}'")
+    if backend == "openai" and base_url is None:
+        base_url = os.environ.get("OPENAI_BASE_URL")
+    return {"backend": backend, "base_url": base_url, "api_key_env": api_key_env}
 
 
 def _print_result(result, doc) -> None:

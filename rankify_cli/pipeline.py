@@ -52,13 +52,14 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, retriever: str, rerankers: list[str] | None = None, depth: int = 1000, top_k: int = 100):
+    def __init__(self, retriever: str, rerankers: list[str] | None = None, depth: int = 1000, top_k: int = 100,
+                 reranker_defaults: dict | None = None):
         if depth < 1 or top_k < 1:
             from .errors import ConfigError
 
             raise ConfigError(f"--depth and --top-k must be positive (got {depth}, {top_k})")
         self.retriever = registry.build("retriever", retriever)
-        self.rerankers = [registry.build("reranker", r) for r in rerankers or []]
+        self.rerankers = [registry.build("reranker", r, reranker_defaults) for r in rerankers or []]
         self.depth, self.top_k = depth, top_k
 
     @property
@@ -116,7 +117,7 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
             warnings.append(f"{outside} qrels entries name documents that are not in the corpus")
     stages: list[StageResult] = []
 
-    ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log)
+    ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
     r = pipeline.retriever
     with progress(f"retrieve {r.spec}", len(queries)) as advance:
         ctx.progress = advance
@@ -133,7 +134,7 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
                  for qid, cands in run.items() if cands}
         _fill_text(ds, heads, rr.spec)
         items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
-        ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log)
+        ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
         with progress(f"rerank {rr.spec}", len(items)) as advance:
             ctx.progress = advance
             t0 = time.perf_counter()

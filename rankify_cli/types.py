@@ -11,8 +11,9 @@ import abc
 import hashlib
 import json
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,17 @@ class StageContext:
     progress: Callable[[int], None] = lambda n: None
     stats: Counter = field(default_factory=Counter)
     log: Callable[[str], None] = lambda msg: None
+    # `with ctx.track("index corpus", total) as advance:` shows a progress bar for side work
+    track: Callable[[str, int], ContextManager[Callable[[int], None]]] = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.track is None:
+            self.track = _silent_track
+
+
+@contextmanager
+def _silent_track(description: str, total: int):
+    yield lambda n: None
 
 
 class Corpus(Protocol):

@@ -169,7 +169,11 @@ class BM25(Retriever):
         docs = list(corpus.documents())
         doc_ids = [d.id for d in docs]
         ctx.log(f"indexing {len(docs):,} documents with {self.backend}")
-        tokens = [self.analyzer(d.full_text) for d in docs]
+        tokens = []
+        with ctx.track(f"analyse {len(docs):,} documents", len(docs)) as advance:
+            for i in range(0, len(docs), 1000):
+                tokens += [self.analyzer(d.full_text) for d in docs[i : i + 1000]]
+                advance(len(docs[i : i + 1000]))
         self.timings["analyze_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         index = self.build(doc_ids, tokens)
