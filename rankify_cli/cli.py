@@ -230,7 +230,9 @@ def leaderboard(
     markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON."),
     dataset: List[str] = typer.Option([], "--dataset", "-d", help="Only these datasets."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Sort by this measure (descending)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Sort by this measure (descending); the measure of --pivot and --plot (default nDCG@10)."),
+    pivot: bool = typer.Option(False, "--pivot", help="Pipelines x datasets with an average column, as BEIR tables are printed."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the measure vs seconds per query, one point per pipeline."),
 ):
     """Show results/leaderboard.csv as a table, or export it."""
     from .errors import InputError
@@ -250,6 +252,16 @@ def leaderboard(
             raise ConfigError(f"no column '{metric}' in {path}")
         rows.sort(key=lambda r: -float(r.get(metric) or "nan") if r.get(metric) else float("inf"))
     cols = columns(rows) if rows else []
+    if plot is not None:
+        from .leaderboard import plot_quality_cost
+
+        plot_quality_cost(rows, metric or "nDCG@10", plot)
+        _console(stderr=True).print(f"wrote {plot}")
+        return
+    if pivot:
+        from .leaderboard import pivot_rows
+
+        rows, cols = pivot_rows(rows, metric or "nDCG@10")
     if csv_path:
         import csv
         import io
@@ -266,7 +278,7 @@ def leaderboard(
     if as_json:
         print(json.dumps(rows))
         return
-    short = [c for c in cols if c not in ("config_hash", "rankify_version", "git_commit", "date")]
+    short = [c for c in cols if c not in ("config_hash", "rankify_version", "git_commit", "date", "params", "stage_s")]
     if markdown:
         print("| " + " | ".join(short) + " |")
         print("|" + "|".join("---" for _ in short) + "|")
@@ -275,12 +287,115 @@ def leaderboard(
         return
     from rich.table import Table
 
-    table = Table(title=str(path), title_justify="left")
+    table = Table(title=str(path) + (f"  ({metric or 'nDCG@10'})" if pivot else ""), title_justify="left")
     for c in short:
         table.add_column(c)
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in short])
     _console().print(table)
+
+
+def _suite_context(data_dir, cache_dir, no_cache):
+    from .cache import Store
+    from .datasets import cache_root
+
+    cache = None if no_cache else Path(cache_dir or cache_root())
+    return (str(cache) if cache else None), (Store(cache) if cache else None)
+
+
+def _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet):
+    from .bench import prepare_suite, run_suite
+    from .suites import load_suite
+
+    suite = load_suite(suite_file)
+    prepared = prepare_suite(suite, data_dir, only)
+    cache, store = _suite_context(data_dir, cache_dir, no_cache)
+    show = not quiet and sys.stderr.isatty()
+    err = _console(stderr=True)
+
+    def done(o):
+        if not quiet:
+            what = {"ran": f"ran in {o.seconds:.1f}s", "cached": "reused (same config hash)", "skipped": f"skipped: {o.reason}"}
+            err.print(f"[dim]{o.condition.name}: {what[o.status]}[/dim]")
+
+    with _progress_factory(show) as progress:
+        outcomes = run_suite(prepared, output, force=force, cache_dir=cache, store=store, progress=progress,
+                             on_done=done)
+    return suite, outcomes
+
+
+SUITE_OPTIONS = dict(
+    output=typer.Option(Path("results"), "--output", "-o", help="Results folder."),
+    force=typer.Option(False, "--force", help="Recompute conditions even when a result with the same config hash exists."),
+    only=typer.Option([], "--only", help="Run only these condition names."),
+    data_dir=typer.Option(None, "--data-dir"),
+    cache_dir=typer.Option(None, "--cache-dir"),
+    no_cache=typer.Option(False, "--no-cache"),
+    quiet=typer.Option(False, "--quiet", "-q"),
+)
+
+
+@app.command()
+def bench(
+    suite_file: Path = typer.Argument(..., help="A suite TOML file, e.g. benchmarks/beir.toml."),
+    output: Path = SUITE_OPTIONS["output"], force: bool = SUITE_OPTIONS["force"],
+    only: List[str] = SUITE_OPTIONS["only"], data_dir: Optional[str] = SUITE_OPTIONS["data_dir"],
+    cache_dir: Optional[Path] = SUITE_OPTIONS["cache_dir"], no_cache: bool = SUITE_OPTIONS["no_cache"],
+    quiet: bool = SUITE_OPTIONS["quiet"],
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Run a grid of datasets x pipelines; finished conditions are reused unless --force."""
+    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet or as_json)
+    rows = [{"condition": o.condition.name, "dataset": o.condition.dataset, "status": o.status, "reason": o.reason,
+             "pipeline": o.doc.get("pipeline"), "metrics": o.metrics, "seconds": round(o.seconds, 3)} for o in outcomes]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    measures = list(dict.fromkeys(m for o in outcomes for m in o.condition.measures))
+    table = Table(title=f"{suite.name} ({suite.path.name})", title_justify="left")
+    for col in ["condition", "dataset", "status", *measures, "seconds"]:
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.condition.name, o.condition.dataset, o.status if o.status != "skipped" else f"skipped: {o.reason}",
+                      *[_fmt(o.metrics[m]) if m in o.metrics else "-" for m in measures], f"{o.seconds:.1f}")
+    _console().print(table)
+
+
+@app.command()
+def regress(
+    suite_file: Path = typer.Argument(..., help="A suite TOML file with expected values, e.g. benchmarks/ci.toml."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A results folder of a previous run: compare per query (paired tests)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Significance level (default: the suite's, else 0.05)."),
+    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report (default: OUTPUT/regress.junit.xml)."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write a markdown summary (default: OUTPUT/regress.md; also appended to $GITHUB_STEP_SUMMARY)."),
+    output: Path = SUITE_OPTIONS["output"], force: bool = SUITE_OPTIONS["force"],
+    only: List[str] = SUITE_OPTIONS["only"], data_dir: Optional[str] = SUITE_OPTIONS["data_dir"],
+    cache_dir: Optional[Path] = SUITE_OPTIONS["cache_dir"], no_cache: bool = SUITE_OPTIONS["no_cache"],
+    quiet: bool = SUITE_OPTIONS["quiet"],
+):
+    """The CI gate: exit 0 when nothing regressed, 1 on a significant regression, 2 on usage/data errors."""
+    from .errors import ConfigError
+    from .formats import atomic_write
+    from .regress import grade_all, junit, markdown
+
+    if baseline is not None and not baseline.is_dir():
+        raise ConfigError(f"--baseline {baseline} is not a folder")
+    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet)
+    a = alpha if alpha is not None else suite.alpha
+    if not 0 < a < 1:
+        raise ConfigError(f"--alpha must be in (0, 1), got {a}")
+    grades = grade_all(outcomes, a, baseline)
+    md = markdown(grades, suite.name, a)
+    atomic_write(markdown_path or output / "regress.md", md)
+    atomic_write(junit_path or output / "regress.junit.xml", junit(grades, suite.name))
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+            f.write(md)
+    print(md)
+    if any(g.grade == "FAIL" for g in grades):
+        raise typer.Exit(1)
 
 
 def _join_multi_values(argv: list[str]) -> list[str]:
@@ -317,7 +432,9 @@ def main() -> None:
 
     argv = _join_multi_values(sys.argv[1:])
     try:
-        app(args=argv, prog_name="rankify", standalone_mode=False)
+        code = app(args=argv, prog_name="rankify", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except RankifyError as e:
         print(f"error: {e.render()}", file=sys.stderr)
         sys.exit(e.exit_code)

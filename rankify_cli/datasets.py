@@ -178,8 +178,13 @@ class Dataset:
         return list(self.entry.measures) if self.entry else ["nDCG@10", "R@100"]
 
     def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         """Content hash of queries, qrels and corpus files: changes whenever the data does."""
-        parts = [p for p in (self.queries_path, self.qrels_path, self.corpus_path) if p is not None and p.exists()]
+        files = (self.queries_path, self.qrels_path, self.corpus_path, *self.run_files().values())
+        parts = [p for p in files if p is not None and p.exists()]
         return hashlib.sha256("".join(_file_digest(p) for p in parts).encode()).hexdigest()
 
     def describe(self) -> dict:

@@ -144,5 +144,10 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
         stages.append(StageResult("reranker", rr.spec, rr.config(), run, seconds,
                                   evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(rr, "timings", {}))))
 
-    config = {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), **pipeline.config()}
+    config = pipeline_config(ds, pipeline)
     return PipelineResult(ds, pipeline.id, config, fingerprint(config)[:12], measures, len(queries), stages, warnings)
+
+
+def pipeline_config(ds: Dataset, pipeline: Pipeline) -> dict:
+    """Everything that decides a pipeline's output on a dataset: its config hash."""
+    return {"dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), **pipeline.config()}

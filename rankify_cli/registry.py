@@ -99,21 +99,27 @@ def _load_class(kind: str, name: str):
     raise ConfigError(f"unknown {kind} '{name}'; known: {known}")
 
 
-def build(kind: str, text: str):
-    """Build a retriever or reranker from its spec string, with a one-line error on misuse."""
+def build(kind: str, text: str, defaults: dict | None = None):
+    """Build a retriever or reranker from its spec string, with a one-line error on misuse.
+
+    `defaults` (e.g. the CLI's --backend/--base-url) fill options the spec leaves unset, for
+    classes whose constructor takes them; others ignore them.
+    """
     spec = parse_spec(kind, text)
     if kind == "reranker" and spec.name in RERANKER_PRESETS and spec.name not in RERANKERS:
         family, model, preset_opts = RERANKER_PRESETS[spec.name]
         spec = Spec(kind, family, spec.argument or model, {**preset_opts, **spec.options})
     cls = _load_class(kind, spec.name)
     params = inspect.signature(cls.__init__).parameters
+    # where a model is served is not what it is: defaults stay out of the spec string (pipeline id)
+    implicit = {k: v for k, v in (defaults or {}).items() if v is not None and k in params and k not in spec.options}
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in spec.options if k not in params and not accepts_any]
     if unknown:
         allowed = [p for p in params if p not in ("self", ARGUMENT_PARAM.get(spec.name, "model"))
                    and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {kind} '{spec.name}'; accepted: {', '.join(allowed)}")
-    kwargs = dict(spec.options)
+    kwargs = {**implicit, **spec.options}
     if spec.argument is not None:
         kwargs[ARGUMENT_PARAM.get(spec.name, "model")] = spec.argument
     try:

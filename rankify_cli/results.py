@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import fcntl
 import io
+import json
 import platform
 import re
 import subprocess
@@ -23,8 +24,11 @@ from .pipeline import PipelineResult
 
 KEY = ("dataset", "pipeline")
 LEAD = ["dataset", "pipeline"]
-TAIL = ["queries", "retrieve_s", "rerank_s", "total_s", "s_per_query", "config_hash", "rankify_version",
-        "git_commit", "date"]
+TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "llm_calls",
+        "llm_tokens", "models", "params", "config_hash", "rankify_version", "git_commit", "date"]
+# counters stages may report (see StageContext.stats) that the leaderboard sums up
+CALL_KEYS = ("llm_calls", "http_calls", "calls")
+TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens")
 
 
 def slug(text: str) -> str:
@@ -32,8 +36,12 @@ def slug(text: str) -> str:
     return text[:80] or "pipeline"
 
 
+def result_dir_for(output: Path, dataset: str, pipeline_id: str, config_hash: str) -> Path:
+    return output / slug(dataset) / f"{slug(pipeline_id)}-{config_hash[:8]}"
+
+
 def result_dir(output: Path, result: PipelineResult) -> Path:
-    return output / slug(result.dataset.name) / f"{slug(result.pipeline_id)}-{result.config_hash[:8]}"
+    return result_dir_for(output, result.dataset.name, result.pipeline_id, result.config_hash)
 
 
 def library_versions() -> dict[str, str]:
@@ -96,9 +104,19 @@ def leaderboard_row(result: PipelineResult, doc: dict) -> dict:
     total = retrieve + rerank
     row = {"dataset": result.dataset.name, "pipeline": result.pipeline_id}
     row.update({m: f"{v:.4f}" for m, v in (doc["metrics"] or {}).items()})
+    reranked = sum(len(c) for s in result.stages if s.kind == "reranker" for c in s.run.values())
+    calls = sum(int(s.stats.get(k, 0)) for s in result.stages for k in CALL_KEYS)
+    tokens = sum(int(s.stats.get(k, 0)) for s in result.stages for k in TOKEN_KEYS)
+    models = [s.config.get("model") for s in result.stages if s.config.get("model")]
+    params = {"depth": result.config.get("depth"), "top_k": result.config.get("top_k")}
+    params.update({k: v for k, v in result.config["retriever"].items() if k in ("k1", "b", "backend", "method")})
     row.update({
         "queries": result.queries, "retrieve_s": f"{retrieve:.3f}", "rerank_s": f"{rerank:.3f}",
+        "stage_s": " | ".join(f"{s.seconds:.3f}" for s in result.stages),
         "total_s": f"{total:.3f}", "s_per_query": f"{total / max(result.queries, 1):.5f}",
+        "docs_per_s": f"{reranked / rerank:.1f}" if reranked and rerank > 0 else "",
+        "llm_calls": str(calls) if calls else "", "llm_tokens": str(tokens) if tokens else "",
+        "models": ";".join(str(m) for m in models), "params": json.dumps(params, sort_keys=True),
         "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": doc["git_commit"],
         "date": doc["date"],
     })

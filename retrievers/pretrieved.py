@@ -3,6 +3,8 @@ top-100, a TREC run file), so rerankers are compared on exactly the published in
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Sequence
 
 from rankify_cli.types import Query, Retriever, Run, Source, StageContext
@@ -16,7 +18,11 @@ class PreRetrieved(Retriever):
         self.spec = f"run:{name}"
 
     def config(self) -> dict:
-        return {"retriever": "run", "name": self.name}
+        cfg = {"retriever": "run", "name": self.name}
+        path = Path(self.name)
+        if path.is_file():  # a user's file: its content, not its name, decides the output
+            cfg["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return cfg
 
     def retrieve(self, source: Source, queries: Sequence[Query], k: int, ctx: StageContext) -> Run:
         run = source.pre_retrieved(self.name)
