@@ -398,6 +398,52 @@ def regress(
         raise typer.Exit(1)
 
 
+cache_app = typer.Typer(help="Inspect or clear the cache (indexes, embeddings, runs, scores, LLM calls).",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(cache_app, name="cache")
+
+
+def _parse_age(text: str) -> float:
+    import re
+
+    from .errors import ConfigError
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if not m:
+        raise ConfigError(f"--older-than takes a number and a unit s/m/h/d/w, e.g. 7d or 12h; got '{text}'")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"), as_json: bool = typer.Option(False, "--json")):
+    """Where the cache is, what it holds and how big it is."""
+    from .cachedir import describe
+
+    info = describe(cache_dir)
+    if as_json:
+        print(json.dumps(info))
+        return
+    con = _console()
+    con.print(f"cache: {info['path']}  ({info['total_mb']:.1f} MB)")
+    for name, part in info["parts"].items():
+        con.print(f"  {name:10s} {part['entries']:>8} entries {part['mb']:>10.1f} MB")
+    for ns, n in info["score_namespaces"].items():
+        con.print(f"  store/{ns}: {n['entries']} entries")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    older_than: Optional[str] = typer.Option(None, "--older-than", help="Only entries older than this, e.g. 7d, 12h."),
+    include_data: bool = typer.Option(False, "--include-data", help="Also remove downloaded datasets."),
+):
+    """Remove cached work (everything, or what is older than --older-than)."""
+    from .cachedir import clear
+
+    removed = clear(cache_dir, _parse_age(older_than) if older_than else None, include_data)
+    _console().print(f"removed {removed['files']} files/folders and {removed['scores']} stored scores/calls")
+
+
 def _join_multi_values(argv: list[str]) -> list[str]:
     """Let `--metrics nDCG@10 R@100 "AP(rel=2)"` take several values, as users type it."""
     out, i = [], 0

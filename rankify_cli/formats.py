@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+from .faults import crashpoint
 from .types import Candidate, Document, Qrels, Query, Run
 
 
@@ -68,7 +69,14 @@ def _id(obj: dict, key: str, path, no: int, what: str) -> str:
     value = obj[key]
     if not isinstance(value, (str, int)):
         raise InputError(f'"{key}" must be a string or integer, got {type(value).__name__}', path, no)
-    return str(value)
+    return check_id(str(value), path, no)
+
+
+def check_id(value: str, path, no: int | None) -> str:
+    """Ids end up in whitespace-separated TREC files: whitespace inside one would corrupt them."""
+    if any(ch.isspace() for ch in value):
+        raise InputError(f"id {value!r} contains whitespace, which TREC run and qrels files cannot hold", path, no)
+    return value
 
 
 def _str_field(obj: dict, key: str, path, no: int, required: bool) -> str:
@@ -127,7 +135,7 @@ def read_topics_tsv(path: str | Path) -> list[Query]:
         parts = line.split("\t")
         if len(parts) != 2:
             raise InputError(f"expected 2 tab-separated columns (query-id, text), got {len(parts)}", path, no)
-        out.append(_check_query(parts[0].strip(), parts[1], path, no, seen))
+        out.append(_check_query(check_id(parts[0].strip(), path, no), parts[1], path, no, seen))
     if not out:
         raise InputError(f"empty file; expected {what}", path)
     return out
@@ -159,7 +167,12 @@ def read_qrels(path: str | Path) -> Qrels:
         if len(parts) != ncols:
             raise InputError(f"expected {ncols} columns like the first line, got {len(parts)}", path, no)
         qid, doc_id, grade = (parts[0], parts[1], parts[2]) if ncols == 3 else (parts[0], parts[2], parts[3])
-        qrels.setdefault(qid, {})[doc_id] = _grade(grade, path, no)
+        value = _grade(grade, path, no)
+        judged = qrels.setdefault(qid, {})
+        if doc_id in judged and judged[doc_id] != value:
+            raise InputError(f"document '{doc_id}' judged twice for query '{qid}' with different grades "
+                             f"({judged[doc_id]} and {value})", path, no)
+        judged[doc_id] = value
     if not qrels:
         raise InputError(f"no judgments; expected {what}", path)
     return qrels
@@ -182,8 +195,8 @@ def read_trec_run(path: str | Path) -> Run:
             value = float(score)
         except ValueError:
             raise InputError(f"score '{score}' is not a number", path, no) from None
-        if math.isnan(value):
-            raise InputError("score is NaN", path, no)
+        if not math.isfinite(value):
+            raise InputError(f"score '{score}' is not a finite number", path, no)
         key = (qid, doc_id)
         if key in seen:
             raise InputError(f"document '{doc_id}' listed twice for query '{qid}' (first at line {seen[key]})", path, no)
@@ -245,7 +258,7 @@ def read_corpus_tsv(path: str | Path) -> list[Document]:
         parts = line.split("\t", 1)
         if len(parts) != 2 or not parts[0].strip():
             raise InputError("expected 'doc-id<TAB>text'", path, no)
-        _no_duplicates(seen, parts[0], path, no, "document id")
+        _no_duplicates(seen, check_id(parts[0], path, no), path, no, "document id")
         docs.append(Document(parts[0], parts[1]))
     return docs
 
@@ -273,8 +286,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        blob = data.encode("utf-8") if isinstance(data, str) else data
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.write(blob[: len(blob) // 2])
+            crashpoint("mid-write")  # tests kill the process here: half a temp file, never half a result
+            f.write(blob[len(blob) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)

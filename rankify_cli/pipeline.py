@@ -3,16 +3,20 @@ stage's top-k. The pipeline sees only the Retriever/Reranker interfaces, never a
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ContextManager
 
 from . import registry
 from .datasets import Dataset
 from .errors import InputError
 from .evaluation import Evaluation, evaluate
+from .faults import crashpoint
+from .formats import atomic_write
 from .types import Candidate, Query, Run, StageContext, fingerprint, sort_candidates
 
 ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
@@ -119,12 +123,20 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
 
     ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
     r = pipeline.retriever
+    cached = RunCache(cache_dir, ds, r, queries, pipeline.depth)
     with progress(f"retrieve {r.spec}", len(queries)) as advance:
         ctx.progress = advance
         t0 = time.perf_counter()
-        run = r.retrieve(ds, queries, pipeline.depth, ctx)
+        run = cached.load()
+        if run is None:
+            run = r.retrieve(ds, queries, pipeline.depth, ctx)
+            cached.save(run)
+        else:
+            ctx.stats["first_stage_cache_hits"] += 1
+            advance(len(queries))
         seconds = time.perf_counter() - t0
     run = {q: sort_candidates(c) for q, c in run.items()}
+    crashpoint("after-retrieval")
     stages.append(StageResult("retriever", r.spec, r.config(), run, seconds,
                               evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(r, "timings", {}))))
 
@@ -136,7 +148,7 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
         items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
         ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
         with progress(f"rerank {rr.spec}", len(items)) as advance:
-            ctx.progress = advance
+            ctx.progress = _with_crashpoint(advance, "rerank-progress")
             t0 = time.perf_counter()
             out = rr.rerank_all(items, ctx)
             seconds = time.perf_counter() - t0
@@ -146,6 +158,65 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
 
     config = pipeline_config(ds, pipeline)
     return PipelineResult(ds, pipeline.id, config, fingerprint(config)[:12], measures, len(queries), stages, warnings)
+
+
+def _with_crashpoint(advance, name):
+    def step(n: int) -> None:
+        advance(n)
+        crashpoint(name)
+
+    return step
+
+
+class RunCache:
+    """First-stage runs, content-addressed: retriever config, dataset content, queries, depth.
+
+    Retrievers opt in with `cache_runs = True` where a run costs more to compute than to reload
+    (dense encoders, fusions of them). BM25 does not: its index is cached and searching it is
+    faster than reading back a million candidates.
+    """
+
+    def __init__(self, cache_dir: str | None, ds: Dataset, retriever, queries: list[Query], depth: int):
+        self.path = None
+        if cache_dir and getattr(retriever, "cache_runs", False):
+            key = fingerprint({"format": 1, "retriever": retriever.config(), "dataset": ds.fingerprint(),
+                               "queries": [(q.id, q.text) for q in queries], "depth": depth})
+            self.path = Path(cache_dir) / "runs" / f"{key[:32]}.npz"
+
+    def load(self) -> Run | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        import numpy as np
+
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                names = json.loads(bytes(z["names"]).decode())
+                qids, docs, offsets, idx, scores = names["qids"], names["docs"], z["offsets"], z["idx"], z["scores"]
+            run: Run = {}
+            for i, qid in enumerate(qids):
+                lo, hi = int(offsets[i]), int(offsets[i + 1])
+                run[qid] = [Candidate(docs[j], s) for j, s in zip(idx[lo:hi].tolist(), scores[lo:hi].tolist())]
+            return run
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged cache entry is recomputed, never trusted
+
+    def save(self, run: Run) -> None:
+        if self.path is None:
+            return
+        import io
+
+        import numpy as np
+
+        docs: dict[str, int] = {}
+        qids = list(run)
+        idx = [docs.setdefault(c.doc_id, len(docs)) for q in qids for c in run[q]]
+        scores = [c.score for q in qids for c in run[q]]
+        offsets = np.cumsum([0] + [len(run[q]) for q in qids])
+        names = json.dumps({"qids": qids, "docs": list(docs)}).encode()
+        buf = io.BytesIO()
+        np.savez(buf, names=np.frombuffer(names, dtype=np.uint8), offsets=offsets,
+                 idx=np.asarray(idx, dtype=np.int32), scores=np.asarray(scores, dtype=np.float64))
+        atomic_write(self.path, buf.getvalue())
 
 
 def pipeline_config(ds: Dataset, pipeline: Pipeline) -> dict:

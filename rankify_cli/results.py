@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .faults import crashpoint
 from .formats import atomic_write, format_trec_run, to_json
 from .pipeline import PipelineResult
 
@@ -68,12 +69,12 @@ def git_commit() -> str:
 
 
 def metrics_document(result: PipelineResult) -> dict:
+    """What the run computed, and nothing about how long it took: for the same inputs this file
+    is byte-identical across runs, resumed or not (timings and versions go to run_info.json)."""
     stages = []
     for i, s in enumerate(result.stages, 1):
         stages.append({
-            "stage": i, "kind": s.kind, "spec": s.spec, "config": s.config, "seconds": round(s.seconds, 4),
-            "timings": {k: round(v, 4) for k, v in s.timings.items()}, "stats": s.stats,
-            "run_file": f"stage{i}.run",
+            "stage": i, "kind": s.kind, "spec": s.spec, "config": s.config, "run_file": f"stage{i}.run",
             "metrics": s.evaluation.aggregate if s.evaluation else None,
             "queries_evaluated": s.evaluation.queries_evaluated if s.evaluation else 0,
             "evaluation_notes": s.evaluation.notes if s.evaluation else {},
@@ -90,7 +91,16 @@ def metrics_document(result: PipelineResult) -> dict:
         "per_query": final.per_query if final else None,
         "stages": stages,
         "warnings": result.warnings,
-        "timings": {"total_s": round(sum(s.seconds for s in result.stages), 4)},
+    }
+
+
+def run_info_document(result: PipelineResult) -> dict:
+    """How this execution went: timings, counters (calls, cache hits, fallbacks), versions."""
+    return {
+        "stages": [{"stage": i, "spec": s.spec, "seconds": round(s.seconds, 4),
+                    "timings": {k: round(v, 4) for k, v in s.timings.items()}, "stats": s.stats}
+                   for i, s in enumerate(result.stages, 1)],
+        "total_s": round(sum(s.seconds for s in result.stages), 4),
         "versions": library_versions(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
@@ -98,7 +108,7 @@ def metrics_document(result: PipelineResult) -> dict:
     }
 
 
-def leaderboard_row(result: PipelineResult, doc: dict) -> dict:
+def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
     retrieve = sum(s.seconds for s in result.stages if s.kind == "retriever")
     rerank = sum(s.seconds for s in result.stages if s.kind == "reranker")
     total = retrieve + rerank
@@ -117,8 +127,8 @@ def leaderboard_row(result: PipelineResult, doc: dict) -> dict:
         "docs_per_s": f"{reranked / rerank:.1f}" if reranked and rerank > 0 else "",
         "llm_calls": str(calls) if calls else "", "llm_tokens": str(tokens) if tokens else "",
         "models": ";".join(str(m) for m in models), "params": json.dumps(params, sort_keys=True),
-        "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": doc["git_commit"],
-        "date": doc["date"],
+        "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": info["git_commit"],
+        "date": info["date"],
     })
     return row
 
@@ -137,8 +147,19 @@ def locked(path: Path):
 def read_leaderboard(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    from .errors import InputError
+    from .formats import read_text
+
+    text = read_text(path, "a rankify leaderboard CSV")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+    except csv.Error as e:
+        raise InputError(f"not a valid CSV ({e}); move it away to start a new leaderboard", path) from None
+    if not {"dataset", "pipeline"} <= set(reader.fieldnames or []):
+        raise InputError("not a rankify leaderboard (expected a header with dataset,pipeline); "
+                         "move it away to start a new one", path, 1)
+    return rows
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -167,12 +188,23 @@ def upsert_leaderboard(path: Path, row: dict) -> None:
 
 
 def write_results(result: PipelineResult, output: Path) -> dict:
-    """Write run files and metrics.json for one pipeline, then upsert its leaderboard row."""
+    """Write run files, metrics.json and run_info.json for one pipeline, then upsert its
+    leaderboard row. Returns metrics.json's content with run_info and output_dir added."""
     target = result_dir(output, result)
-    doc = metrics_document(result)
+    remove_stale_temp_files(target)
+    doc, info = metrics_document(result), run_info_document(result)
     for i, s in enumerate(result.stages, 1):
         atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug(s.spec)[:40]))
+        crashpoint("after-run-file")
+    atomic_write(target / "run_info.json", to_json(info))
     atomic_write(target / "metrics.json", to_json(doc))
-    upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc))
-    doc["output_dir"] = str(target)
-    return doc
+    crashpoint("before-leaderboard")
+    upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc, info))
+    return {**doc, "run_info": info, "output_dir": str(target)}
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Temp files a killed writer left behind (never the real files: those are renamed whole)."""
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

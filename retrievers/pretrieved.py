@@ -11,6 +11,7 @@ from rankify_cli.types import Query, Retriever, Run, Source, StageContext
 
 
 class PreRetrieved(Retriever):
+    cache_runs = False  # already a file on disk, with passage text the cache would drop
     def __init__(self, name: str = ""):
         if not name:
             raise ValueError("run: needs a name or a file, e.g. run:bm25 or run:path/to/file.run")

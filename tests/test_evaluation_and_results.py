@@ -94,7 +94,9 @@ def test_results_files_and_leaderboard_upsert(cli, tmp_path, data_dir):
     doc = json.loads((out / "dl19" / r.json()["output_dir"].split("/")[-1] / "metrics.json").read_text())
     assert set(doc["per_query"]) == set(doc["per_query"]) and len(doc["per_query"]) == 43
     assert doc["config"]["retriever"]["spec"] == "run:bm25"
-    assert "ir-measures" in doc["versions"] and doc["stages"][0]["run_file"] == "stage1.run"
+    assert doc["stages"][0]["run_file"] == "stage1.run" and "date" not in doc  # metrics.json is deterministic
+    info = json.loads((out / "dl19" / r.json()["output_dir"].split("/")[-1] / "run_info.json").read_text())
+    assert "ir-measures" in info["versions"] and info["stages"][0]["seconds"] >= 0 and info["date"]
     lines = (out / "dl19" / r.json()["output_dir"].split("/")[-1] / "stage1.run").read_text().splitlines()
     assert len(lines) == 4300 and lines[0].split()[3] == "1"
     assert not list(out.rglob("*.tmp")), "no temp files left behind"

@@ -48,7 +48,7 @@ def test_build_bm25_variants():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("nope", "unknown retriever 'nope'; known: bm25, run"),
+    ("nope", "unknown retriever 'nope'; known: bm25"),
     ("bm25?x", "bad option 'x'"),
     ("run", "run: needs a name or a file"),
     ("bm25?stopwords=klingon", "stopwords must be 'lucene' or 'none'"),
@@ -76,7 +76,7 @@ def test_entry_point_plugin_runs_as_a_cascade(cli, tmp_path, data_dir):
     one = cli("run", "-d", "dl19", "-r", "run:bm25", "--reranker", "reverse", "-o", str(out), "--json", env=env)
     assert one.code == 0, one
     assert one.json()["metrics"]["nDCG@10"] < 0.3
-    assert one.json()["stages"][1]["stats"]["reversed_lists"] == 43
+    assert one.json()["run_info"]["stages"][1]["stats"]["reversed_lists"] == 43
     # reversing twice restores BM25's order exactly: the cascade passes each stage's output on
     two = cli("run", "-d", "dl19", "-r", "run:bm25", "--reranker", "reverse", "--reranker", "reverse?strength=2",
               "-o", str(out), "--json", env=env)
