@@ -25,14 +25,28 @@ class Store:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=60)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, created REAL, PRIMARY KEY (ns, key))")
+            try:
+                db = sqlite3.connect(self.path, timeout=60)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, created REAL, PRIMARY KEY (ns, key))")
+            except sqlite3.DatabaseError as e:
+                raise self._damaged(e) from None
             self._local.db = db
         return db
 
+    def _damaged(self, e: Exception):
+        from .errors import InputError
+
+        return InputError(f"cache database unreadable ({e}); delete it or run with --no-cache", self.path)
+
     def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:
+        try:
+            return self._get_many(namespace, keys)
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(e) from None
+
+    def _get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         db = self._db()
         keys = list(keys)
@@ -44,6 +58,12 @@ class Store:
         return out
 
     def put_many(self, namespace: str, items: Mapping[str, Any]) -> None:
+        try:
+            self._put_many(namespace, items)
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(e) from None
+
+    def _put_many(self, namespace: str, items: Mapping[str, Any]) -> None:
         if not items:
             return
         now = time.time()

@@ -86,6 +86,7 @@ def run(
     from .pipeline import Pipeline, execute
     from .results import write_results
 
+    check_output(output)
     ds = resolve(dataset, data_dir)
     measures = split_measures(metrics) or ds.default_measures()
     parse_measures(measures)
@@ -108,6 +109,16 @@ def run(
         print(json.dumps(doc, ensure_ascii=False))
         return
     _print_result(result, doc)
+
+
+def check_output(output: Path) -> None:
+    """Fail before any work if results could not be written (a file in the way, a bad leaderboard)."""
+    from .errors import ConfigError
+    from .results import read_leaderboard
+
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is not a folder")
+    read_leaderboard(output / "leaderboard.csv")  # raises a clear error if it is damaged
 
 
 def backend_defaults(backend: str | None, base_url: str | None, api_key_env: str | None) -> dict:
@@ -308,6 +319,7 @@ def _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, q
     from .suites import load_suite
 
     suite = load_suite(suite_file)
+    check_output(output)
     prepared = prepare_suite(suite, data_dir, only)
     cache, store = _suite_context(data_dir, cache_dir, no_cache)
     show = not quiet and sys.stderr.isatty()

@@ -92,7 +92,8 @@ class Dataset:
 
     @property
     def corpus_path(self) -> Path | None:
-        return _first(self.root, "corpus.jsonl.gz", "corpus.jsonl", "corpus.tsv")
+        # existence, not is_file: a folder or broken file in its place must be an error, not "no corpus"
+        return next((self.root / n for n in ("corpus.jsonl.gz", "corpus.jsonl", "corpus.tsv") if (self.root / n).exists()), None)
 
     def run_files(self) -> dict[str, Path]:
         """Pre-retrieved candidate lists shipped with the dataset, by name."""

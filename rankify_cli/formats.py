@@ -32,6 +32,8 @@ def read_text(path: str | Path, what: str) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise InputError(f"not a valid gzip file ({e}); expected {what}", p) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"UTF-16 text; expected UTF-8 ({what}): re-encode it, e.g. iconv -f UTF-16 -t UTF-8", p, 1)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise InputError(f"binary data (NUL byte) where {what} was expected", p, line)
@@ -284,7 +286,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
     try:
         blob = data.encode("utf-8") if isinstance(data, str) else data
         with os.fdopen(fd, "wb") as f:
@@ -297,6 +299,24 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files left by writers that were killed (their pid is gone); never a live one's."""
+    removed = 0
+    folder = Path(folder)
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        parts = tmp.name.rsplit(".", 3)
+        try:
+            os.kill(int(parts[-3]), 0)
+            continue  # its writer is alive
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def format_trec_run(run: Run, tag: str) -> str:

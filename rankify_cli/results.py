@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .faults import crashpoint
-from .formats import atomic_write, format_trec_run, to_json
+from .formats import atomic_write, format_trec_run, remove_stale_temp_files, to_json
 from .pipeline import PipelineResult
 
 KEY = ("dataset", "pipeline")
@@ -181,6 +181,7 @@ def write_leaderboard(path: Path, rows: list[dict]) -> None:
 def upsert_leaderboard(path: Path, row: dict) -> None:
     """Replace the row with the same (dataset, pipeline), or append; never duplicate."""
     with locked(path):
+        remove_stale_temp_files(path.parent)
         rows = [r for r in read_leaderboard(path) if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)]
         rows.append(row)
         rows.sort(key=lambda r: (r["dataset"], r["pipeline"]))
@@ -201,10 +202,3 @@ def write_results(result: PipelineResult, output: Path) -> dict:
     crashpoint("before-leaderboard")
     upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc, info))
     return {**doc, "run_info": info, "output_dir": str(target)}
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Temp files a killed writer left behind (never the real files: those are renamed whole)."""
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
