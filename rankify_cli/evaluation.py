@@ -1,8 +1,10 @@
 """Evaluation through ir-measures, with the dataset's rules applied first.
 
-Ordering is decided here, not by the evaluator: candidates are sorted by (score desc,
-doc id asc) and handed to ir-measures as strictly decreasing rank scores, so every backend
-sees the same order. Evaluation failures raise; they never become 0.0.
+Ordering is decided here, not by the evaluator: candidates are sorted by the toolkit's rule
+(score desc, ties by doc id desc: trec_eval's) and handed to ir-measures as strictly
+decreasing rank scores, so every backend sees the same order. Averages run over every judged
+query, as `trec_eval -c` (Pyserini's setting): a judged query the run has no result for
+counts as an empty ranking and is reported. Evaluation failures raise; they never become 0.0.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def split_measures(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+EMPTY_SENTINEL = "rankify:no-results"
+
+
 @dataclass
 class Evaluation:
     aggregate: dict[str, float]
@@ -87,11 +92,14 @@ def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules 
         if qid in judged and cands
     }
     notes["run_queries_without_judgments"] = sum(1 for q in run if q not in judged)
-    notes["judged_queries_without_run"] = sum(1 for q in judged if q not in ranked)
+    missing = [q for q in judged if q not in ranked]
+    notes["judged_queries_without_run"] = len(missing)
     if not ranked:
         raise RankifyError("no query of the run has judgments in the qrels: check that query ids match")
-    # trec_eval's convention (no -c): average over the queries that have both a run and judgments
-    qrels = {qid: docs for qid, docs in qrels.items() if qid in ranked}
+    # trec_eval -c: a judged query without results is an empty ranking. One unjudged sentinel
+    # document gives every rank-based measure exactly the value of an empty list.
+    for qid in missing:
+        ranked[qid] = {EMPTY_SENTINEL: 0.0}
     try:
         per_query: dict[str, dict[str, float]] = {}
         for m in ir_measures.iter_calc(measures, qrels, ranked):

@@ -20,13 +20,15 @@ from .errors import ConfigError
 RETRIEVERS: dict[str, str] = {
     "bm25": "rankify_cli.retrievers.bm25:BM25",
     "run": "rankify_cli.retrievers.pretrieved:PreRetrieved",
+    "dense": "rankify_cli.retrievers.dense:Dense",
+    "hybrid": "rankify_cli.retrievers.fusion:Hybrid",
 }
 RERANKERS: dict[str, str] = {}
 # preset -> (family, model, options): short names for public checkpoints.
 RERANKER_PRESETS: dict[str, tuple[str, str, dict]] = {}
 
 # How the `argument` of a spec maps onto each constructor.
-ARGUMENT_PARAM = {"bm25": "backend", "run": "name"}
+ARGUMENT_PARAM = {"bm25": "backend", "run": "name", "hybrid": "retrievers"}
 
 
 @dataclass

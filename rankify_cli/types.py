@@ -47,13 +47,14 @@ Run = dict[str, list[Candidate]]
 Qrels = dict[str, dict[str, int]]
 
 
-def rank_key(c: Candidate) -> tuple[float, str]:
-    """The toolkit's one tie-breaking rule: score descending, then doc id ascending."""
-    return (-c.score, c.doc_id)
-
-
 def sort_candidates(cands: Iterable[Candidate]) -> list[Candidate]:
-    return sorted(cands, key=rank_key)
+    """The toolkit's one ordering rule: score descending, ties by doc id descending.
+
+    That is trec_eval's rule (it ignores the rank column and sorts by score, then docno in
+    reverse), which produced the published Pyserini/Anserini numbers; ranking by any other
+    tie order makes exact ties (duplicate documents, as in ArguAna) score differently.
+    """
+    return sorted(sorted(cands, key=lambda c: c.doc_id, reverse=True), key=lambda c: -c.score)
 
 
 def fingerprint(obj: Any) -> str:
@@ -127,7 +128,7 @@ class Retriever(abc.ABC):
 
     @abc.abstractmethod
     def retrieve(self, source: Source, queries: Sequence[Query], k: int, ctx: StageContext) -> Run:
-        """Return up to k candidates per query, sorted by `rank_key`."""
+        """Return up to k candidates per query, in `sort_candidates` order."""
 
 
 class Reranker(abc.ABC):

@@ -25,7 +25,7 @@ from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageCon
 
 from .analysis import Analyzer
 
-BACKENDS = ("bm25s", "rank-bm25")
+BACKENDS = ("bm25s", "rank-bm25", "pyserini")
 INDEX_FORMAT = 1
 
 
@@ -51,10 +51,11 @@ def lucene_norm_lengths(lengths: np.ndarray) -> np.ndarray:
 
 def top_k(scores: np.ndarray, doc_ids: list[str], k: int, positive_only: bool,
           id_order: np.ndarray | None = None) -> list[Candidate]:
-    """The k best documents by (score desc, doc id asc), ties at the cut included fairly.
+    """The k best documents by the toolkit's rule (score desc, ties by doc id desc, as
+    trec_eval), ties at the cut included fairly.
 
-    `id_order[i]` is document i's position in doc-id order (precomputed once per index),
-    which lets numpy do the tie-aware sort instead of Python.
+    `id_order[i]` is document i's position in tie order (precomputed once per index), which
+    lets numpy do the tie-aware sort instead of Python.
     """
     idx = np.flatnonzero(scores > 0) if positive_only else np.arange(len(scores))
     if len(idx) > k:
@@ -66,6 +67,13 @@ def top_k(scores: np.ndarray, doc_ids: list[str], k: int, positive_only: bool,
     return [Candidate(doc_ids[i], s) for i, s in zip(top.tolist(), scores[top].tolist())]
 
 
+def doc_id_order(doc_ids: list[str]) -> np.ndarray:
+    """Each document's position when ids are sorted descending (the tie order)."""
+    order = np.empty(len(doc_ids), dtype=np.int64)
+    order[sorted(range(len(doc_ids)), key=doc_ids.__getitem__, reverse=True)] = np.arange(len(doc_ids))
+    return order
+
+
 @contextmanager
 def gc_paused():
     enabled = gc.isenabled()
@@ -75,12 +83,6 @@ def gc_paused():
     finally:
         if enabled:
             gc.enable()
-
-
-def doc_id_order(doc_ids: list[str]) -> np.ndarray:
-    order = np.empty(len(doc_ids), dtype=np.int64)
-    order[sorted(range(len(doc_ids)), key=doc_ids.__getitem__)] = np.arange(len(doc_ids))
-    return order
 
 
 def _lucene_bm25s_class():
@@ -115,10 +117,23 @@ def _lucene_bm25s_class():
 
 
 class BM25(Retriever):
-    """`bm25`, `bm25:bm25s`, `bm25:rank-bm25`; options k1, b, stopwords, stemmer, lucene_norms."""
+    """`bm25`, `bm25:bm25s`, `bm25:rank-bm25`; options k1, b, stopwords, stemmer, lucene_norms.
+
+    `bm25:pyserini` (Lucene through Pyserini; options k1, b, fields=flat|multifield) builds a
+    pyserini_bm25.PyseriniBM25 instead.
+    """
+
+    def __new__(cls, backend: str = "bm25s", **options):
+        if backend == "pyserini" and cls is BM25:
+            from .pyserini_bm25 import PyseriniBM25
+
+            return PyseriniBM25(**options)
+        return super().__new__(cls)
 
     def __init__(self, backend: str = "bm25s", k1: float = 0.9, b: float = 0.4, stopwords: str = "lucene",
-                 stemmer: str = "porter", lucene_norms: bool = True):
+                 stemmer: str = "porter", lucene_norms: bool = True, fields: str = "flat"):
+        if fields != "flat":
+            raise ValueError(f"fields={fields} needs the pyserini backend (bm25:pyserini?fields={fields})")
         if backend not in BACKENDS:
             raise ValueError(f"unknown BM25 backend '{backend}' (known: {', '.join(BACKENDS)})")
         self.backend, self.k1, self.b = backend, float(k1), float(b)
@@ -161,11 +176,15 @@ class BM25(Retriever):
         if path is not None and (path / "doc_ids.json").is_file():
             import bm25s
 
-            index = bm25s.BM25.load(str(path), mmap=False)
-            doc_ids = json.loads((path / "doc_ids.json").read_text())
-            self.timings["index_load_s"] = time.perf_counter() - t0
-            ctx.stats["bm25_index_cache_hits"] += 1
-            return index, doc_ids
+            try:
+                index = bm25s.BM25.load(str(path), mmap=False)
+                doc_ids = json.loads((path / "doc_ids.json").read_text())
+                self.timings["index_load_s"] = time.perf_counter() - t0
+                ctx.stats["bm25_index_cache_hits"] += 1
+                return index, doc_ids
+            except Exception:  # a damaged cached index is rebuilt, never trusted
+                shutil.rmtree(path, ignore_errors=True)
+                ctx.stats["bm25_index_cache_damaged"] += 1
         docs = list(corpus.documents())
         doc_ids = [d.id for d in docs]
         ctx.log(f"indexing {len(docs):,} documents with {self.backend}")

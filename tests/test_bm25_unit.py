@@ -87,11 +87,11 @@ def test_unknown_query_terms_give_empty_list_and_a_count():
     assert run["q"] == [] and ctx.stats["queries_without_known_terms"] == 1
 
 
-def test_top_k_breaks_ties_by_doc_id_even_at_the_cut():
+def test_top_k_breaks_ties_by_doc_id_descending_even_at_the_cut():
     scores = np.array([1.0, 2.0, 2.0, 2.0, 0.5])
     ids = ["e", "d", "b", "c", "a"]
     got = top_k(scores, ids, 2, positive_only=True)
-    assert [c.doc_id for c in got] == ["b", "c"]
+    assert [c.doc_id for c in got] == ["d", "c"]
 
 
 @pytest.mark.parametrize("text,tokens", [

@@ -15,14 +15,21 @@ from rankify_cli.evaluation import evaluate, split_measures
 from rankify_cli.types import Candidate
 
 
-def test_ties_are_broken_by_doc_id_ascending():
-    qrels = {"q": {"b": 1}}
-    run = {"q": [Candidate("c", 1.0), Candidate("b", 1.0), Candidate("a", 1.0)]}
-    # order a, b, c -> the relevant doc sits at rank 2 whatever the input order
-    ev = evaluate(run, qrels, ["RR"])
-    assert ev.aggregate["RR"] == pytest.approx(0.5)
+def test_ties_are_broken_by_doc_id_descending_as_trec_eval():
+    qrels = {"q": {"a": 1}}
+    run = {"q": [Candidate("a", 1.0), Candidate("b", 1.0), Candidate("c", 1.0), Candidate("z", 2.0)]}
+    # order z, c, b, a -> the relevant doc sits at rank 4 whatever the input order
+    assert evaluate(run, qrels, ["RR"]).aggregate["RR"] == pytest.approx(0.25)
     run_reversed = {"q": list(reversed(run["q"]))}
-    assert evaluate(run_reversed, qrels, ["RR"]).aggregate["RR"] == pytest.approx(0.5)
+    assert evaluate(run_reversed, qrels, ["RR"]).aggregate["RR"] == pytest.approx(0.25)
+
+
+def test_judged_queries_without_results_count_as_empty_rankings():
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    ev = evaluate({"q1": [Candidate("a", 1.0)]}, qrels, ["nDCG@10", "AP"])
+    assert ev.aggregate == {"nDCG@10": 0.5, "AP": 0.5}  # trec_eval -c
+    assert ev.per_query["q2"] == {"nDCG@10": 0.0, "AP": 0.0}
+    assert ev.notes["judged_queries_without_run"] == 1 and ev.queries_evaluated == 2
 
 
 def test_self_hits_and_excluded_ids_are_dropped_and_counted():
@@ -57,9 +64,9 @@ def test_bright_excluded_ids_are_removed(cli, tmp_path, data_dir):
     qid, gold, excluded = first["id"], first["gold_ids"][0], first["excluded_ids"][0]
     run = tmp_path / "r.run"
     run.write_text(f"{qid} Q0 {excluded} 1 2.0 t\n{qid} Q0 {gold} 2 1.0 t\n")
-    r = cli("eval", str(run), "-d", "bright-leetcode", "-m", "RR", "--json")
+    r = cli("eval", str(run), "-d", "bright-leetcode", "-m", "RR", "--json", "--per-query")
     assert r.code == 0, r
-    assert r.json()["metrics"]["RR"] == 1.0
+    assert r.json()["per_query"][qid]["RR"] == 1.0
     assert r.json()["notes"]["excluded_ids_removed"] == 1
     assert len(qrels) > 0
 

@@ -79,9 +79,11 @@ def test_hundred_thousand_candidates_for_one_query(cli, tmp_path):
     ds = write_beir(tmp_path / "ds")
     lines = ["q1 Q0 d1 1 100000.0 big"] + [f"q1 Q0 x{i} {i + 2} {100000 - i - 1}.0 big" for i in range(99_999)]
     (tmp_path / "big.run").write_text("\n".join(lines) + "\n")
-    r = cli("eval", str(tmp_path / "big.run"), "--dataset", str(ds), "-m", "nDCG@10", "R@1000", "--json")
+    r = cli("eval", str(tmp_path / "big.run"), "--dataset", str(ds), "-m", "nDCG@10", "R@1000", "--json", "--per-query")
     assert r.code == 0, r
-    assert r.json()["metrics"]["nDCG@10"] == 1.0
+    assert r.json()["per_query"]["q1"]["nDCG@10"] == 1.0
+    assert r.json()["metrics"]["nDCG@10"] == 0.5  # q2 has no results: an empty ranking (trec_eval -c), reported
+    assert r.json()["notes"]["judged_queries_without_run"] == 1
     # as first stage: reranking depth caps what is reordered, the run file keeps the top depth
     r2 = run(cli, ds, tmp_path, "-r", f"run:{tmp_path / 'big.run'}", "--depth", "100000", "--json")
     assert r2.code == 0, r2
@@ -96,7 +98,8 @@ def test_query_of_only_stopwords_is_counted_not_scored_zero(cli, tmp_path):
     doc = r.json()
     assert doc["run_info"]["stages"][0]["stats"]["queries_without_known_terms"] == 1
     assert doc["stages"][0]["evaluation_notes"]["judged_queries_without_run"] == 1
-    assert doc["stages"][0]["queries_evaluated"] == 1  # excluded and reported, as trec_eval does
+    assert doc["stages"][0]["queries_evaluated"] == 2  # an empty ranking scores 0 (trec_eval -c), and is reported
+    assert doc["metrics"]["nDCG@10"] == 0.5
 
 
 def test_very_long_query(cli, tmp_path):

@@ -23,6 +23,7 @@ def test_bm25_arguana_within_tolerance_with_self_hits_removed(cli, tmp_path, dat
     doc = r.json()
     m = doc["metrics"]
     assert abs(m["nDCG@10"] - 0.3970) <= 0.01, m
+    assert abs(m["nDCG@10"] - 0.3984) <= 0.0005, m  # measured; the rest is float32 summation order (README)
     assert abs(m["R@100"] - 0.9324) <= 0.0005, m
     assert doc["stages"][0]["evaluation_notes"]["self_hits_removed"] > 1000
     # ArguAna's known defect is reported, not fatal
