@@ -15,6 +15,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+_SETUP_LOCK = threading.Lock()
+
+
+def _retry_locked(step, attempts: int = 50):
+    for i in range(attempts):
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or i == attempts - 1:
+                raise
+            time.sleep(0.05 * (i + 1))
+
+
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -26,10 +39,15 @@ class Store:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
-                db = sqlite3.connect(self.path, timeout=60)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, created REAL, PRIMARY KEY (ns, key))")
+                # Switching to WAL needs a moment of exclusive access: threads of one process take
+                # turns here, and other processes are waited for (busy timeout) rather than failed.
+                with _SETUP_LOCK:
+                    db = sqlite3.connect(self.path, timeout=60, check_same_thread=True)
+                    db.execute("PRAGMA busy_timeout=60000")
+                    _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    _retry_locked(lambda: db.execute(
+                        "CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, created REAL, PRIMARY KEY (ns, key))"))
             except sqlite3.DatabaseError as e:
                 raise self._damaged(e) from None
             self._local.db = db

@@ -23,7 +23,12 @@ RETRIEVERS: dict[str, str] = {
     "dense": "rankify_cli.retrievers.dense:Dense",
     "hybrid": "rankify_cli.retrievers.fusion:Hybrid",
 }
-RERANKERS: dict[str, str] = {}
+RERANKERS: dict[str, str] = {
+    "listwise": "rankify_cli.rerankers.listwise:Listwise",
+    "setwise": "rankify_cli.rerankers.setwise:Setwise",
+    "groupwise": "rankify_cli.rerankers.groupwise:Groupwise",
+    "rerank-api": "rankify_cli.rerankers.rerank_api:RerankAPI",
+}
 # preset -> (family, model, options): short names for public checkpoints.
 RERANKER_PRESETS: dict[str, tuple[str, str, dict]] = {}
 

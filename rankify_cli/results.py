@@ -195,7 +195,8 @@ def write_results(result: PipelineResult, output: Path) -> dict:
     remove_stale_temp_files(target)
     doc, info = metrics_document(result), run_info_document(result)
     for i, s in enumerate(result.stages, 1):
-        atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug(s.spec)[:40]))
+        # the tag names the method, not how it was served (options after '?' stay out of it)
+        atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug(s.spec.split("?")[0])[:40]))
         crashpoint("after-run-file")
     atomic_write(target / "run_info.json", to_json(info))
     atomic_write(target / "metrics.json", to_json(doc))

@@ -1,0 +1,133 @@
+"""Listwise LLM reranking (RankGPT / RankZephyr prompting) with a sliding window.
+
+A window of passages goes in, a permutation `[2] > [1] > ...` comes out. Windows slide from
+the back of the list to the front (default window 20, stride 10: 9 windows for top-100), so
+the best passages bubble to the top. Parsing follows rank_llm: keep the text after a closing
+think tag, normalise unusual digits, read the numbers, map to 0-based ids, drop duplicates
+(first wins) and out-of-range ids, append the missing ones in their previous order; when
+nothing parses, the window keeps its order (counted as a parse failure and a fallback).
+Final scores follow rank (score = -rank).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from rankify_cli.types import Candidate, Query, Reranker, StageContext
+
+from .llm_backends import COMMON_DOC, LLMRerankerBase, Plan, drive
+
+_FANCY_DIGITS = str.maketrans(
+    "⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉①②③④⑤⑥⑦⑧⑨❶❷❸❹❺❻❼❽❾０１２３４５６７８９🄀🄁🄂🄃🄄🄅🄆🄇🄈🄉",
+    "0123456789012345678912345678912345678901234567890123456789",
+)
+
+
+def replace_bracket_numbers(text: str) -> str:
+    """`[3]` inside a passage or query would look like an identifier: write it `(3)`."""
+    return re.sub(r"\[(\d+)\]", r"(\1)", text)
+
+
+def parse_permutation(response: str, n: int, after: str | None = "</think>") -> tuple[list[int], str]:
+    """(order of 0-based ids covering 0..n-1, status) with status ok | repaired | failed."""
+    if after and after in response:
+        response = response.split(after)[-1]
+    digits = re.sub(r"\D+", " ", response.translate(_FANCY_DIGITS)).split()
+    seen: list[int] = []
+    clean = True
+    for d in digits:
+        i = int(d) - 1
+        if 0 <= i < n and i not in seen:
+            seen.append(i)
+        else:
+            clean = False
+    if not seen:
+        return list(range(n)), "failed"
+    missing = [i for i in range(n) if i not in seen]
+    return seen + missing, "ok" if clean and not missing else "repaired"
+
+
+def sliding_windows(n: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """rank_llm's schedule: from the back, end=n, start=n-window, step `stride`, clamp at 0.
+    A list shorter than the window is one window (rank_llm's loop would skip it)."""
+    window = min(window, n)
+    out, end, start = [], n, n - window
+    while end > 0 and start + stride != 0:
+        start = max(start, 0)
+        out.append((start, end))
+        end -= stride
+        start -= stride
+    return out
+
+
+class Listwise(LLMRerankerBase, Reranker):
+    __doc__ = (__doc__ or "") + "\n" + COMMON_DOC
+    paradigm = "listwise"
+    default_template = "listwise-rankzephyr"
+
+    def __init__(self, model: str = "", template: str | None = None, window: int = 20, stride: int = 10,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
+                 log_calls: str | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None, revision: str | None = None,
+                 device: str | None = None, dtype: str | None = None, batch_size: int = 4,
+                 gguf_file: str | None = None, tokenizer: str | None = None, doc_max_words: int | None = None,
+                 cache: bool = True):
+        if int(window) < 2 or int(stride) < 1 or int(stride) > int(window):
+            raise ValueError(f"need window >= 2 and 1 <= stride <= window (got {window}, {stride})")
+        self.window, self.stride = int(window), int(stride)
+        self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
+                           backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
+                           batch_size, gguf_file, tokenizer, cache)
+        self.doc_max_words = int(doc_max_words or self.template.get("doc_max_words", 300))
+
+    def config(self) -> dict:
+        return {"family": "listwise", **self.backend.identity(), **self._template_config(), "window": self.window,
+                "stride": self.stride, "doc_max_words": self.doc_max_words, **self._decoding_config()}
+
+    # -- prompt --------------------------------------------------------------------------
+    def _content(self, text: str) -> str:
+        content = " ".join(text.strip().split()[: self.doc_max_words])
+        return replace_bracket_numbers(content) if self.template.get("replace_bracket_numbers", True) else content
+
+    def messages(self, query: str, passages: Sequence[str]) -> list[dict]:
+        t = self.template
+        if t.get("replace_bracket_numbers", True):
+            query = replace_bracket_numbers(query)
+        num = len(passages)
+        msgs = [{"role": "system", "content": t["system"]}] if t.get("system") else []
+        prefix = t.get("prefix_user", "").format(num=num, query=query)
+        suffix = t.get("suffix_user", "").format(num=num, query=query)
+        if t.get("style") == "multiturn":
+            if prefix:
+                msgs.append({"role": "user", "content": prefix})
+                msgs.append({"role": "assistant", "content": t.get("prefix_assistant", "").format(num=num, query=query)})
+            for r, p in enumerate(passages, 1):
+                msgs.append({"role": "user", "content": t["body_user"].format(rank=r, candidate=p)})
+                msgs.append({"role": "assistant", "content": t["body_assistant"].format(rank=r)})
+            msgs.append({"role": "user", "content": suffix})
+        else:
+            body = "".join(t["body_user"].format(rank=r, candidate=p) for r, p in enumerate(passages, 1))
+            msgs.append({"role": "user", "content": prefix + body + suffix})
+        return msgs
+
+    # -- plan ------------------------------------------------------------------------------
+    def _plan(self, caller, query: Query, cands: list[Candidate]) -> Plan:
+        order = list(cands)
+        contents = {id(c): self._content(c.text) for c in cands}
+        after = (self.template.get("parser") or {}).get("after", "</think>")
+        for start, end in sliding_windows(len(order), self.window, self.stride):
+            win = order[start:end]
+            (resp,) = yield [self._request(self.messages(query.text, [contents[id(c)] for c in win]))]
+            perm, status = parse_permutation(resp.text, len(win), after)
+            if status == "failed":
+                caller.count(query.id, parse_failures=1, fallbacks=1)
+            elif status == "repaired":
+                caller.count(query.id, repaired=1)
+            order[start:end] = [win[i] for i in perm]
+        return [Candidate(c.doc_id, -float(r), c.text) for r, c in enumerate(order, 1)]
+
+    def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        caller = self._caller(ctx)
+        return drive(items, lambda q, c: self._plan(caller, q, c), caller, ctx, self.concurrency)

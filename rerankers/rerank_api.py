@@ -1,0 +1,136 @@
+"""Pointwise models served remotely through the `/rerank` protocol.
+
+vLLM (`vllm serve --task score`), Infinity, Jina and Cohere take `{"model", "query",
+"documents"}` and answer `{"results": [{"index", "relevance_score"}]}`; Hugging Face TEI takes
+`{"query", "texts"}` and answers `[{"index", "score"}]`. `protocol=cohere` (default) or `tei`
+picks the request shape; both answer shapes are read. One request per query (or per
+`batch_size` documents), queries in parallel up to `concurrency`, with the same timeouts,
+retries, round robin over base URLs, call log and cache as the chat backends.
+
+Spec: `rerank-api:MODEL?base_url=http://HOST:PORT` (the path `/rerank` is appended; give
+`.../v1` for servers that only serve `/v1/rerank`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+from rankify_cli.errors import ConfigError
+from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
+
+from .llm_backends import CallLog, HTTPClient, split_urls
+
+NAMESPACE = "rerank-api"
+
+
+def read_scores(data, n: int) -> list[float] | None:
+    """Scores by document index from either answer shape; None when unusable."""
+    rows = data.get("results", data.get("data")) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        return None
+    scores: list[float | None] = [None] * n
+    for row in rows:
+        if not isinstance(row, dict):
+            return None
+        idx, val = row.get("index"), row.get("relevance_score", row.get("score"))
+        try:
+            idx, val = int(idx), float(val)
+        except (TypeError, ValueError):
+            return None
+        if not 0 <= idx < n or val != val:
+            return None
+        scores[idx] = val
+    if any(s is None for s in scores):
+        return None
+    return scores  # type: ignore[return-value]
+
+
+class RerankAPI(Reranker):
+    def __init__(self, model: str = "", base_url: str | None = None, protocol: str = "cohere",
+                 api_key_env: str | None = None, concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6,
+                 backoff: float = 0.5, batch_size: int = 100, max_chars: int | None = None, log_calls: str | None = None,
+                 cache: bool = True):
+        if protocol not in ("cohere", "tei"):
+            raise ValueError(f"protocol must be cohere (vLLM, Infinity, Jina) or tei, got '{protocol}'")
+        urls = split_urls(base_url or os.environ.get("RERANK_BASE_URL") or os.environ.get("OPENAI_BASE_URL"))
+        if not urls:
+            raise ConfigError("rerank-api needs a server: rerank-api:MODEL?base_url=http://HOST:PORT")
+        self.model, self.protocol = model, protocol
+        self.client = HTTPClient(urls, api_key_env, timeout, max_retries, backoff)
+        self.concurrency, self.batch_size = max(1, int(concurrency)), max(1, int(batch_size))
+        self.max_chars = int(max_chars) if max_chars else None
+        self.log = CallLog(log_calls)
+        self.use_cache = bool(cache)
+
+    def config(self) -> dict:
+        return {"family": "rerank-api", "model": self.model, "protocol": self.protocol, "batch_size": self.batch_size,
+                "max_chars": self.max_chars}
+
+    def _payload(self, query: str, docs: list[str]) -> dict:
+        if self.protocol == "tei":
+            return {"query": query, "texts": docs, "truncate": True, "raw_scores": False}
+        return {"model": self.model, "query": query, "documents": docs}
+
+    def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        store = ctx.store if self.use_cache else None
+        per_query: dict[str, Counter] = {}
+        lock = threading.Lock()  # one thread at a time in the cache (see llm_backends.Caller)
+        if store is not None:
+            store.get_many(NAMESPACE, [])
+
+        def one(item: tuple[Query, list[Candidate]]) -> list[Candidate]:
+            q, cands = item
+            stats = per_query.setdefault(q.id, Counter())
+            docs = [c.text[: self.max_chars] if self.max_chars else c.text for c in cands]
+            scores: list[float] = []
+            ok = True
+            for s in range(0, len(docs), self.batch_size):
+                chunk = docs[s:s + self.batch_size]
+                payload = self._payload(q.text, chunk)
+                key = fingerprint({"v": 1, "protocol": self.protocol, **payload})
+                hit = None
+                if store is not None:
+                    with lock:
+                        hit = store.get_many(NAMESPACE, [key]).get(key)
+                if hit is not None:
+                    stats["cache_hits"] += 1
+                    got = read_scores(hit, len(chunk))
+                else:
+                    t0 = time.perf_counter()
+                    data, attempts, retries = self.client.post("/rerank", payload)
+                    stats["calls"] += 1
+                    stats["retries"] += retries
+                    got = read_scores(data, len(chunk))
+                    self.log.write({"time": round(time.time(), 3), "query_id": q.id, "model": self.model,
+                                    "protocol": self.protocol, "request": payload, "response": data,
+                                    "latency_s": round(time.perf_counter() - t0, 4), "attempts": attempts})
+                    if got is not None and store is not None:
+                        with lock:
+                            store.put_many(NAMESPACE, {key: data})
+                if got is None:
+                    ok = False
+                    stats["parse_failures"] += 1
+                    break
+                scores.extend(got)
+            if not ok:  # unusable answer: this query keeps its first-stage order
+                stats["fallbacks"] += 1
+                return [Candidate(c.doc_id, -float(r), c.text) for r, c in enumerate(cands, 1)]
+            return [Candidate(c.doc_id, float(v), c.text) for c, v in zip(cands, scores)]
+
+        out: list[list[Candidate]] = []
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rerank-api") as pool:
+            for res in pool.map(one, items):
+                out.append(res)
+                ctx.progress(1)
+        total = Counter()
+        for c in per_query.values():
+            total.update(c)
+        for k, v in total.items():
+            ctx.stats[f"rerank_api_{k}"] += v
+        ctx.stats["rerank_api_per_query"] = {q: dict(c) for q, c in sorted(per_query.items())}
+        return out
