@@ -28,7 +28,7 @@ LEAD = ["dataset", "pipeline"]
 TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "llm_calls",
         "llm_tokens", "models", "params", "config_hash", "rankify_version", "git_commit", "date"]
 # counters stages may report (see StageContext.stats) that the leaderboard sums up
-CALL_KEYS = ("llm_calls", "http_calls", "calls")
+CALL_KEYS = ("llm_calls", "calls")
 TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens")
 
 
@@ -115,8 +115,8 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
     row = {"dataset": result.dataset.name, "pipeline": result.pipeline_id}
     row.update({m: f"{v:.4f}" for m, v in (doc["metrics"] or {}).items()})
     reranked = sum(len(c) for s in result.stages if s.kind == "reranker" for c in s.run.values())
-    calls = sum(int(s.stats.get(k, 0)) for s in result.stages for k in CALL_KEYS)
-    tokens = sum(int(s.stats.get(k, 0)) for s in result.stages for k in TOKEN_KEYS)
+    calls = sum(_counter(s.stats, CALL_KEYS) for s in result.stages)
+    tokens = sum(_counter(s.stats, TOKEN_KEYS) for s in result.stages)
     models = [s.config.get("model") for s in result.stages if s.config.get("model")]
     params = {"depth": result.config.get("depth"), "top_k": result.config.get("top_k")}
     params.update({k: v for k, v in result.config["retriever"].items() if k in ("k1", "b", "backend", "method")})
@@ -131,6 +131,17 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
         "date": info["date"],
     })
     return row
+
+
+def _counter(stats: dict, keys: tuple[str, ...]) -> int:
+    """Sum counters kept flat (`calls`) or per query (`llm_per_query: {qid: {calls: n}}`)."""
+    total = 0
+    for name, value in stats.items():
+        if name in keys and isinstance(value, (int, float)):
+            total += int(value)
+        elif name.endswith("_per_query") and isinstance(value, dict):
+            total += sum(int(v.get(k, 0)) for v in value.values() if isinstance(v, dict) for k in keys)
+    return total
 
 
 @contextmanager
