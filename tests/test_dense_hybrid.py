@@ -36,8 +36,8 @@ def test_rrf_known_answer():
 
 def test_rrf_ranks_follow_the_tie_rule_and_missing_queries():
     # d2 and d1 tie in run a: the tie rule (doc id desc, as trec_eval) ranks d2 first, whatever the list order
-    a = {"q": C(("d2", 1), ("d1", 1)), "only-a": C(("x", 1))}
-    b = {"q": C(("d2", 3), ("d1", 2))}
+    a = {"q": C(("d1", 1), ("d2", 1)), "only-a": C(("x", 1))}
+    b = {"q": C(("d1", 3), ("d2", 2))}
     out = rrf([a, b], k=0)
     assert out["q"][0].score == out["q"][1].score == pytest.approx(1.5)
     assert [c.doc_id for c in out["q"]] == ["d2", "d1"]  # tied fused scores: doc id descending
@@ -211,10 +211,11 @@ def test_dense_numpy_and_faiss_search_agree():
     Q[0] = D[3] * 10
     ids = [f"doc{i:03d}" for i in range(500)]
     out = search(Q, D, ids, 20)
-    assert [c.doc_id for c in out[0][:2]] == ["doc003", "doc007"]
+    assert [c.doc_id for c in out[0][:2]] == ["doc007", "doc003"]  # tie: doc id descending
     brute = Q @ D.T
     for row, cands in zip(brute, out):
-        assert [c.doc_id for c in cands] == [ids[i] for i in sorted(range(500), key=lambda i: (-row[i], ids[i]))[:20]]
+        by_id_desc = sorted(range(500), key=lambda i: ids[i], reverse=True)
+        assert [c.doc_id for c in cands] == [ids[i] for i in sorted(by_id_desc, key=lambda i: -row[i])[:20]]
     try:
         import faiss  # noqa: F401
     except ImportError:
