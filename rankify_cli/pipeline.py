@@ -152,12 +152,21 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
             t0 = time.perf_counter()
             out = rr.rerank_all(items, ctx)
             seconds = time.perf_counter() - t0
-        run = {q.id: sort_candidates(cands) for (q, _), cands in zip(items, out)}
+        run = {q.id: _with_tail(sort_candidates(cands), run[q.id][pipeline.top_k:]) for (q, _), cands in zip(items, out)}
         stages.append(StageResult("reranker", rr.spec, rr.config(), run, seconds,
                                   evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(rr, "timings", {}))))
 
     config = pipeline_config(ds, pipeline)
     return PipelineResult(ds, pipeline.id, config, fingerprint(config)[:12], measures, len(queries), stages, warnings)
+
+
+def _with_tail(head: list[Candidate], tail: list[Candidate]) -> list[Candidate]:
+    """Candidates below the reranking depth keep their previous order, scored under the head,
+    so recall at depths past --top-k is not lost."""
+    if not tail:
+        return head
+    floor = min((c.score for c in head), default=0.0)
+    return head + [Candidate(c.doc_id, floor - 1.0 - i, c.text) for i, c in enumerate(tail)]
 
 
 def _with_crashpoint(advance, name):

@@ -1,6 +1,6 @@
 """Spec strings -> stage objects, from tables of names (never model-name substrings).
 
-Grammar: `name[:argument][?key=value&key=value]`, for example `bm25`, `bm25:rank-bm25`,
+Grammar: `name[:argument][?key=value&key=value]` (values may contain commas), for example `bm25`, `bm25:rank-bm25`,
 `bm25?b=1.0`, `run:bm25`, `cross-encoder:/models/minilm?batch_size=64`. A reranker preset
 (`minilm-l6`) expands to a family, model and options. Third-party packages add names through
 the entry-point groups `rankify_cli.retrievers` and `rankify_cli.rerankers`; each entry
@@ -24,13 +24,20 @@ RETRIEVERS: dict[str, str] = {
     "hybrid": "rankify_cli.retrievers.fusion:Hybrid",
 }
 RERANKERS: dict[str, str] = {
+    "cross-encoder": "rankify_cli.rerankers.cross_encoder:CrossEncoder",
+    "logit-pair": "rankify_cli.rerankers.logit_pair:LogitPair",
+    "generative": "rankify_cli.rerankers.generative:Generative",
+    "embedding": "rankify_cli.rerankers.embedding:Embedding",
+    "e2rank": "rankify_cli.rerankers.embedding:E2Rank",
     "listwise": "rankify_cli.rerankers.listwise:Listwise",
     "setwise": "rankify_cli.rerankers.setwise:Setwise",
     "groupwise": "rankify_cli.rerankers.groupwise:Groupwise",
     "rerank-api": "rankify_cli.rerankers.rerank_api:RerankAPI",
 }
-# preset -> (family, model, options): short names for public checkpoints.
-RERANKER_PRESETS: dict[str, tuple[str, str, dict]] = {}
+# preset -> (family, model, options): short names for public checkpoints (a plain dict module).
+from .rerankers.presets import PRESETS as _PRESETS  # noqa: E402
+
+RERANKER_PRESETS: dict[str, tuple[str, str, dict]] = dict(_PRESETS)
 
 # How the `argument` of a spec maps onto each constructor.
 ARGUMENT_PARAM = {"bm25": "backend", "run": "name", "hybrid": "retrievers"}
@@ -71,7 +78,8 @@ def parse_spec(kind: str, text: str) -> Spec:
     head, _, query = text.partition("?")
     name, _, argument = head.partition(":")
     options = {}
-    for part in filter(None, query.replace(",", "&").split("&")):
+    # only '&' separates options: values (instructions, task strings) may hold commas
+    for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         if not eq or not key:
             raise ConfigError(f"bad option '{part}' in {kind} spec '{text}' (expected key=value)")

@@ -168,3 +168,19 @@ def test_leaderboard_pivot_and_plot(cli, tmp_path, data_dir):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     rows = json.loads(cli("leaderboard", "-o", str(out), "--json").out)
     assert {"stage_s", "s_per_query", "params", "config_hash", "rankify_version"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("name", ["ci", "beir", "trec-dl", "bright"])
+def test_shipped_suites_validate(name, data_dir, monkeypatch):
+    """Every shipped condition names real datasets, specs, options and measures (no model is loaded)."""
+    from pathlib import Path
+
+    from rankify_cli.bench import prepare_suite
+    from rankify_cli.suites import load_suite
+
+    monkeypatch.setenv("MINILM_PATH", "/nonexistent/minilm")
+    suite = load_suite(Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.toml")
+    prepared = prepare_suite(suite, None)
+    assert len(prepared) == len(suite.conditions) >= 5
+    if name == "bright":
+        assert all("no corpus" in (p.skip or "") for p in prepared)  # BRIGHT documents are not staged

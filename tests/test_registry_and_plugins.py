@@ -34,9 +34,11 @@ class Reverse(Reranker):
 
 
 def test_parse_spec():
-    s = registry.parse_spec("reranker", "cross-encoder:/models/x?batch_size=64&fp16=true,temperature=0.3")
+    s = registry.parse_spec("reranker", "cross-encoder:/models/x?batch_size=64&fp16=true&temperature=0.3"
+                                        "&instruction=Given a claim, find evidence")
     assert (s.name, s.argument) == ("cross-encoder", "/models/x")
-    assert s.options == {"batch_size": 64, "fp16": True, "temperature": 0.3}
+    assert s.options == {"batch_size": 64, "fp16": True, "temperature": 0.3,
+                         "instruction": "Given a claim, find evidence"}
     assert str(registry.parse_spec("retriever", "bm25?b=1.0")) == "bm25?b=1.0"
 
 

@@ -1,0 +1,357 @@
+"""Shared machinery of the neural reranker families.
+
+Device and dtype choice, one model load per process, offline-friendly errors, a content
+fingerprint of the model, length-sorted batching with dynamic padding, and the score cache.
+
+Nothing heavy is imported at module import: torch and transformers are imported inside the
+functions that need them, so `rankify --help` and the BM25 path never load them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from rankify_cli.errors import ConfigError, DependencyError
+from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
+
+# (class, model, revision, dtype, device, trust_remote_code, extra) -> loaded object(s)
+_LOADED: dict[tuple, Any] = {}
+_LOAD_LOCK = threading.Lock()
+
+# How many (query, document) pairs a chunk of queries may hold before it is scored. Chunks
+# span queries so batches stay full, and progress is reported as each chunk finishes.
+CHUNK_PAIRS = 2048
+
+DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def require_torch():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise DependencyError(
+            f"neural rerankers need torch and transformers ({e.name} is not installed): "
+            "pip install 'rankify-cli[neural]'") from None
+    import torch
+
+    return torch
+
+
+def pick_device(device: str | None) -> str:
+    if device and device != "auto":
+        return str(device)
+    torch = require_torch()
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(dtype: str | None, device: str) -> str:
+    """A dtype name: the user's, else bf16 (or fp16) on CUDA and fp32 elsewhere."""
+    if dtype and dtype != "auto":
+        name = DTYPES.get(str(dtype).lower())
+        if name is None:
+            raise ConfigError(f"unknown dtype '{dtype}'; use one of float32, bfloat16, float16, auto")
+        return name
+    if device.startswith("cuda"):
+        torch = require_torch()
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def torch_dtype(name: str):
+    torch = require_torch()
+    return getattr(torch, name)
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(model)) or (
+        os.sep in model and model.count("/") > 1)
+
+
+def local_folder(model: str) -> str | None:
+    """The model's folder when it names one on disk; None for a hub id."""
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        return os.path.abspath(path)
+    if looks_like_path(model):
+        raise DependencyError(f"no model folder at '{model}'")
+    return None
+
+
+def offline_error(model: str, family: str, reason: str = "") -> DependencyError:
+    msg = (f"cannot load model '{model}' (not in the local Hugging Face cache and offline); "
+           f"pass a local folder: --reranker {family}:/path/to/model")
+    return DependencyError(msg + (f" [{reason}]" if reason else ""))
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
+
+
+def folder_fingerprint(folder: str) -> str:
+    """Hash of config/tokenizer file contents plus weight file names, sizes and mtimes."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)):
+        rel = path.relative_to(root).as_posix()
+        st = path.stat()
+        h.update(rel.encode())
+        if path.suffix in _WEIGHT_SUFFIXES or st.st_size > 4_000_000:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        else:  # small files (config, tokenizer, template): their bytes
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return "dir:" + h.hexdigest()[:16]
+
+
+def hub_fingerprint(model: str, revision: str | None) -> str:
+    """The commit of the cached snapshot of a hub id when it can be found, else the id."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model, "config.json", revision=revision)
+        if isinstance(path, str):
+            parts = Path(path).parts
+            if "snapshots" in parts:
+                return f"hub:{model}@{parts[parts.index('snapshots') + 1]}"
+    except Exception:  # no huggingface_hub, odd cache layout: fall back to the id
+        pass
+    return f"hub:{model}@{revision or 'main'}"
+
+
+def model_fingerprint(model: str, revision: str | None) -> str:
+    folder = local_folder(model)
+    return folder_fingerprint(folder) if folder else hub_fingerprint(model, revision)
+
+
+def load_once(key: tuple, loader: Callable[[], Any], model: str, family: str) -> Any:
+    """Load a model once per process; turn 'not found offline' into one clear line."""
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        folder = local_folder(model)
+        try:
+            try:  # one-line CLI output: no per-model "Loading weights" bars
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
+            obj = loader()
+        except (DependencyError, ConfigError):
+            raise
+        except ImportError as e:
+            raise DependencyError(f"cannot load model '{model}': missing dependency ({e})") from None
+        except Exception as e:  # hub / network / format errors
+            if folder is None:
+                raise offline_error(model, family, str(e).splitlines()[0][:200] if str(e) else "") from None
+            raise DependencyError(f"cannot load model from folder '{model}': {str(e).splitlines()[0][:300]}") from None
+        _LOADED[key] = obj
+        return obj
+
+
+def clear_loaded() -> None:
+    _LOADED.clear()
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
+    """Index batches; longest first when sorted, so padding is small and OOM shows up early."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if sort else list(range(len(lengths)))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    """Dynamic padding to the longest sequence of the batch: (ids, attention_mask) tensors."""
+    torch = require_torch()
+    width = max(len(s) for s in seqs)
+    if side == "left":
+        rows = [[pad_id] * (width - len(s)) + list(s) for s in seqs]
+        masks = [[0] * (width - len(s)) + [1] * len(s) for s in seqs]
+    else:
+        rows = [list(s) + [pad_id] * (width - len(s)) for s in seqs]
+        masks = [[1] * len(s) + [0] * (width - len(s)) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.long)
+
+
+def gather_scores(parts: list, n: int) -> list[float]:
+    """Scores back in input order from (batch indices, device tensor) parts, with one
+    device-to-host copy at the end (no per-batch synchronisation)."""
+    torch = require_torch()
+    out = [0.0] * n
+    if not parts:
+        return out
+    values = torch.cat([t.float().reshape(-1) for _, t in parts]).cpu().tolist()
+    order = [i for b, _ in parts for i in b]
+    for i, v in zip(order, values):
+        out[i] = v
+    return out
+
+
+def pair_key(config_fp: str, query_text: str, doc_text: str) -> str:
+    h = hashlib.sha256()
+    for part in (config_fp, query_text, doc_text):
+        b = part.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+class NeuralReranker(Reranker):
+    """A reranker that scores (query text, document text) pairs with a local model.
+
+    Subclasses implement `_compute(pairs, ctx)` (fresh scores for uncached pairs) and may
+    override `_pairs(query, candidates)` when the query side is built from the list (E2Rank).
+    """
+
+    family = "neural"
+    default_max_length = 512
+
+    def __init__(self, model: str, batch_size: int = 32, max_length: int | None = None, device: str | None = None,
+                 dtype: str | None = None, revision: str | None = None, trust_remote_code: bool = False):
+        if not model:
+            raise ConfigError(f"reranker '{self.family}' needs a model: --reranker {self.family}:MODEL")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
+        self.model = str(model)
+        self.batch_size = batch_size
+        self.max_length = int(max_length) if max_length is not None else self.default_max_length
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be at least 8 (got {max_length})")
+        self._device_opt, self._dtype_opt = device, dtype
+        self.revision = str(revision) if revision is not None else None
+        if not isinstance(trust_remote_code, bool):
+            raise ConfigError("trust_remote_code must be true or false")
+        self.trust_remote_code = trust_remote_code
+        self.sort_batches = True  # benchmarks switch it off to measure the gain
+        self.forward_calls = 0
+        self._fp: str | None = None
+        self._resolved: tuple[str, str] | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- settings ------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self._resolve()[0]
+
+    @property
+    def dtype(self) -> str:
+        return self._resolve()[1]
+
+    def _resolve(self) -> tuple[str, str]:
+        if self._resolved is None:
+            device = pick_device(self._device_opt)
+            self._resolved = (device, pick_dtype(self._dtype_opt, device))
+        return self._resolved
+
+    @property
+    def model_fingerprint(self) -> str:
+        if self._fp is None:
+            self._fp = model_fingerprint(self.model, self.revision)
+        return self._fp
+
+    def extra_config(self) -> dict:
+        """Family settings that change scores (template, pooling, ...)."""
+        return {}
+
+    def config(self) -> dict:
+        return {"family": self.family, "model": self.model, "revision": self.revision,
+                "model_fingerprint": self.model_fingerprint, "dtype": self.dtype, "max_length": self.max_length,
+                "trust_remote_code": self.trust_remote_code, **self.extra_config()}
+
+    def cache_fingerprint(self) -> str:
+        return fingerprint(self.config())
+
+    def load_key(self, *extra) -> tuple:
+        return (type(self).__name__, self.model, self.revision, self.dtype, self.device, self.trust_remote_code, *extra)
+
+    def hf_kwargs(self) -> dict:
+        kw: dict = {"trust_remote_code": self.trust_remote_code}
+        if self.revision:
+            kw["revision"] = self.revision
+        return kw
+
+    # -- scoring -------------------------------------------------------------------------
+    def _pairs(self, query: Query, candidates: list[Candidate]) -> list[tuple[str, str]]:
+        return [(query.text, c.text) for c in candidates]
+
+    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        raise NotImplementedError
+
+    def forward(self, model, **inputs):
+        """Every model call goes through here, so tests and stats can count them."""
+        self.forward_calls += 1
+        return model(**inputs)
+
+    def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        out: list[list[Candidate]] = [[] for _ in items]
+        chunk: list[int] = []
+        size = 0
+        for i, (_, cands) in enumerate(items):
+            chunk.append(i)
+            size += len(cands)
+            if size >= CHUNK_PAIRS:
+                self._score_chunk(items, chunk, out, ctx)
+                chunk, size = [], 0
+        if chunk:
+            self._score_chunk(items, chunk, out, ctx)
+        return out
+
+    def _score_chunk(self, items, chunk: list[int], out: list, ctx: StageContext) -> None:
+        config_fp = self.cache_fingerprint()
+        pairs_per_item = {i: self._pairs(*items[i]) for i in chunk}
+        keys_per_item = {i: [pair_key(config_fp, q, d) for q, d in pairs_per_item[i]] for i in chunk}
+        all_keys = [k for i in chunk for k in keys_per_item[i]]
+        cached: dict[str, Any] = ctx.store.get_many(self.family, all_keys) if ctx.store is not None else {}
+        todo: dict[str, tuple[str, str]] = {}
+        for i in chunk:
+            for k, p in zip(keys_per_item[i], pairs_per_item[i]):
+                if k not in cached and k not in todo:
+                    todo[k] = p
+        ctx.stats["cached_scores"] += sum(1 for k in all_keys if k in cached)
+        fresh: dict[str, float] = {}
+        if todo:
+            before = self.forward_calls
+            scores = self._compute(list(todo.values()), ctx)
+            fresh = {k: float(s) for k, s in zip(todo, scores)}
+            ctx.stats["scored_pairs"] += len(fresh)
+            ctx.stats["forward_calls"] += self.forward_calls - before
+            if ctx.store is not None:
+                ctx.store.put_many(self.family, fresh)
+        for i in chunk:
+            _, cands = items[i]
+            scores = [fresh[k] if k in fresh else float(cached[k]) for k in keys_per_item[i]]
+            out[i] = [Candidate(c.doc_id, s, c.text) for c, s in zip(cands, scores)]
+        ctx.progress(len(chunk))
+
+
+def read_template(name: str, folder: Path | None = None) -> tuple[str, dict]:
+    """A prompt template by name (rerankers/templates/NAME.json) or by path to a JSON file."""
+    folder = folder or Path(__file__).parent / "templates"
+    path = Path(os.path.expanduser(name))
+    if not (name.endswith(".json") and path.is_file()):
+        path = folder / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.json"))
+        raise ConfigError(f"unknown template '{name}'; known: {', '.join(known)} (or a path to a .json file)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"template {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"template {path} must be a JSON object")
+    return path.stem, data
+
+
+def iter_chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

@@ -1,0 +1,310 @@
+"""Families `embedding` (any bi-encoder, cosine) and `e2rank` (listwise pseudo-query embedding).
+
+`embedding`: a sentence-transformers folder (it has modules.json) runs through its own
+modules (transformer, pooling, normalize); any other model runs through transformers
+AutoModel with mean, CLS or last-token pooling. Scores are cosine similarities of
+L2-normalised embeddings.
+
+`e2rank` (Alibaba-NLP/E2Rank, src/eval.py): the query side is a pseudo-query built from the
+top-K candidates in their input order,
+    "{task}:\\nDocuments:\\n[1] d1\\n...\\n[K] dK\\nSearch Query: {q}"
+wrapped in the model's chat template (generation prompt, thinking disabled, no end-of-text).
+Documents are cut to 1,024 words and embedded alone with end-of-text appended; last-token
+pooling; cosine ranks all candidates. A model without a chat template (a sentence-transformers
+bi-encoder such as MiniLM) gets the raw pseudo-query, and config() says so; when the
+pseudo-query is longer than the model's limit, its documents are shortened evenly so the task
+line and the query itself are never cut (counted in stats["shortened_pseudo_queries"]).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rankify_cli.errors import ConfigError
+from rankify_cli.types import Candidate, Query, StageContext, fingerprint
+
+from .base import (NeuralReranker, length_batches, load_once, local_folder, pad, read_template, require_torch,
+                   torch_dtype)
+
+POOLINGS = ("auto", "mean", "cls", "last")
+
+
+def _model_file(model: str, name: str, revision: str | None) -> str | None:
+    folder = local_folder(model)
+    if folder:
+        path = os.path.join(folder, name)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model, name, revision=revision)
+        if isinstance(path, str):
+            return path
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        if not offline:  # an online user's first run: ask the hub whether the file exists
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(model, name, revision=revision)
+        return None
+    except Exception:
+        return None
+
+
+class Embedding(NeuralReranker):
+    family = "embedding"
+    default_max_length = 512
+    default_pooling = "mean"
+
+    def __init__(self, model: str, pooling: str = "auto", query_prefix: str = "", document_prefix: str = "",
+                 document_suffix: str = "", batch_size: int = 32, max_length: int | None = None,
+                 device: str | None = None, dtype: str | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False):
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
+        self._max_length_opt = max_length
+        super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
+                         revision=revision, trust_remote_code=trust_remote_code)
+        self.pooling_opt = pooling
+        self.query_prefix, self.document_prefix = str(query_prefix), str(document_prefix)
+        self.document_suffix_opt = str(document_suffix)
+        self._backend: str | None = None
+        self._st_max: int | None = None
+
+    # -- settings ------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """'sentence-transformers' when the model is a sentence-transformers folder and
+        pooling is left to it; else 'transformers'."""
+        if self._backend is None:
+            is_st = _model_file(self.model, "modules.json", self.revision) is not None
+            self._backend = "sentence-transformers" if is_st and self.pooling_opt == "auto" else "transformers"
+            if self._backend == "sentence-transformers" and self._max_length_opt is None:
+                cfg = _model_file(self.model, "sentence_bert_config.json", self.revision)
+                if cfg:
+                    try:
+                        self._st_max = int(json.loads(Path(cfg).read_text()).get("max_seq_length") or 0) or None
+                    except (OSError, ValueError):
+                        self._st_max = None
+                if self._st_max:
+                    self.max_length = self._st_max
+        return self._backend
+
+    @property
+    def pooling(self) -> str:
+        if self.backend == "sentence-transformers":
+            return "model"
+        return self.default_pooling if self.pooling_opt == "auto" else self.pooling_opt
+
+    def extra_config(self) -> dict:
+        return {"backend": self.backend, "pooling": self.pooling, "max_length": self.max_length,
+                "query_prefix": self.query_prefix, "document_prefix": self.document_prefix,
+                "document_suffix": self.document_suffix, "similarity": "cosine"}
+
+    @property
+    def document_suffix(self) -> str:
+        return self.document_suffix_opt
+
+    # -- model ---------------------------------------------------------------------------
+    def _load(self):
+        backend = self.backend
+
+        def loader():
+            if backend == "sentence-transformers":
+                from sentence_transformers import SentenceTransformer
+
+                kw = {"revision": self.revision} if self.revision else {}
+                st = SentenceTransformer(self.model, device=self.device, trust_remote_code=self.trust_remote_code,
+                                         **kw)
+                if self.dtype != "float32":
+                    st.to(torch_dtype(self.dtype))
+                st.eval()
+                return st.tokenizer, st
+            from transformers import AutoModel, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
+            model = AutoModel.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
+            model.to(self.device).eval()
+            return tok, model
+
+        tok, model = load_once(self.load_key(backend), loader, self.model, self.family)
+        if backend == "sentence-transformers":
+            model.max_seq_length = self.max_length
+        return tok, model
+
+    def tokenizer(self):
+        """The tokenizer alone (building prompts must not load the weights: cached reruns skip them)."""
+        def loader():
+            from transformers import AutoTokenizer
+
+            path = self.model
+            folder = local_folder(self.model)
+            modules = _model_file(self.model, "modules.json", self.revision) if self.backend == "sentence-transformers" else None
+            if folder and modules:
+                try:
+                    sub = json.loads(Path(modules).read_text())[0].get("path", "")
+                    path = os.path.join(folder, sub) if sub else folder
+                except (OSError, ValueError, IndexError, AttributeError):
+                    path = folder
+            return AutoTokenizer.from_pretrained(path, **self.hf_kwargs())
+
+        return load_once(self.load_key("tokenizer"), loader, self.model, self.family)
+
+    # -- embedding -----------------------------------------------------------------------
+    def embed(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document"):
+        """L2-normalised embeddings (a float32 CPU tensor), one row per text."""
+        torch = require_torch()
+        tok, model = self._load()
+        if not texts:
+            return torch.zeros((0, 1))
+        lengths = [len(x) for x in tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
+        if ctx is not None:
+            ctx.stats[f"truncated_{kind}s"] += sum(1 for n in lengths if n > self.max_length)
+        out = [None] * len(texts)
+        with torch.inference_mode():
+            for batch in length_batches(lengths, self.batch_size, self.sort_batches):
+                chunk = [texts[i] for i in batch]
+                if self.backend == "sentence-transformers":
+                    prep = getattr(model, "preprocess", None) or model.tokenize
+                    feats = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in prep(chunk).items()}
+                    emb = self.forward(model, input=feats)["sentence_embedding"]
+                else:
+                    emb = self._hf_embed(tok, model, chunk)
+                emb = torch.nn.functional.normalize(emb.float(), p=2, dim=-1).cpu()
+                for i, row in zip(batch, emb):
+                    out[i] = row
+        return torch.stack(out)
+
+    def _hf_embed(self, tok, model, chunk: list[str]):
+        torch = require_torch()
+        enc = tok(chunk, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        ids, mask = pad(enc, pad_id, "right")
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.forward(model, input_ids=ids, attention_mask=mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            last = mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+    # -- scoring -------------------------------------------------------------------------
+    def query_text(self, query: Query, candidates: list[Candidate]) -> str:
+        return self.query_prefix + query.text
+
+    def document_text(self, text: str) -> str:
+        return self.document_prefix + text + self.document_suffix
+
+    def _pairs(self, query: Query, candidates: list[Candidate]) -> list[tuple[str, str]]:
+        q = self.query_text(query, candidates)
+        return [(q, self.document_text(c.text)) for c in candidates]
+
+    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        qs = list(dict.fromkeys(q for q, _ in pairs))
+        ds = list(dict.fromkeys(d for _, d in pairs))
+        qe = self.embed(qs, ctx, "querie")
+        de = self.embed(ds, ctx, "document")
+        qi = {q: i for i, q in enumerate(qs)}
+        di = {d: i for i, d in enumerate(ds)}
+        return [float(qe[qi[q]] @ de[di[d]]) for q, d in pairs]
+
+
+class E2Rank(Embedding):
+    family = "e2rank"
+    default_max_length = 8192
+    default_pooling = "last"
+
+    def __init__(self, model: str, task: str | None = None, top_k: int = 20, document_words: int = 1024,
+                 pooling: str = "auto", batch_size: int = 8, max_length: int | None = None,
+                 device: str | None = None, dtype: str | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False, template: str = "e2rank"):
+        self.template_name, self.t = read_template(str(template))
+        if self.t.get("kind") != "embedding":
+            raise ConfigError(f"template '{template}' is not an embedding (e2rank) template")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer (got {top_k!r})")
+        if not isinstance(document_words, int) or document_words < 1:
+            raise ConfigError(f"document_words must be a positive integer (got {document_words!r})")
+        super().__init__(model, pooling=pooling, batch_size=batch_size, max_length=max_length, device=device,
+                         dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+        self.task = str(task) if task is not None else self.t["task"]
+        self.top_k = top_k
+        self.document_words = document_words
+        self._query_format: str | None = None
+        self._suffix: str | None = None
+        self._shortened = 0
+
+    @property
+    def query_format(self) -> str:
+        """'chat' when the tokenizer has a chat template, else 'raw'."""
+        if self._query_format is None:
+            tok = self.tokenizer()
+            self._query_format = "chat" if getattr(tok, "chat_template", None) else "raw"
+        return self._query_format
+
+    @property
+    def document_suffix(self) -> str:
+        """End-of-text appended to documents when the tokenizer knows it as one token."""
+        if self._suffix is None:
+            suffix = self.t.get("document_suffix", "")
+            tok = self.tokenizer()
+            ok = bool(suffix) and suffix in set(getattr(tok, "all_special_tokens", [])) | set(tok.get_added_vocab())
+            self._suffix = suffix if ok else ""
+        return self._suffix
+
+    def extra_config(self) -> dict:
+        cfg = super().extra_config()
+        cfg.update({"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
+                    "task": self.task, "top_k": self.top_k, "document_words": self.document_words,
+                    "query_format": self.query_format if self.query_format == "chat"
+                    else "raw pseudo-query (the model has no chat template)"})
+        return cfg
+
+    def _cut_words(self, text: str, n: int) -> str:
+        return " ".join(text.split()[:n])
+
+    def pseudo_query(self, query: Query, candidates: list[Candidate], words: int | None = None) -> str:
+        words = self.document_words if words is None else words
+        docs = [self._cut_words(c.text, words) for c in candidates[: self.top_k]]
+        lines = "\n".join(self.t["document_line"].replace("{index}", str(i)).replace("{document}", d)
+                          for i, d in enumerate(docs, start=1))
+        text = (self.t["query"].replace("{task}", self.task).replace("{query}", "\x00Q\x00")
+                .replace("{documents}", lines).replace("\x00Q\x00", query.text))
+        if self.query_format == "chat":
+            tok = self.tokenizer()
+            messages = [{"role": "user", "content": text}]
+            try:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                               enable_thinking=False)
+            except TypeError:
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+
+    def query_text(self, query: Query, candidates: list[Candidate]) -> str:
+        text = self.pseudo_query(query, candidates)
+        tok = self.tokenizer()
+        n = len(tok(text, add_special_tokens=True, verbose=False)["input_ids"])
+        if n <= self.max_length:
+            return text
+        # shorten the listed documents evenly so the task line and the query are kept
+        longest = max((len(c.text.split()) for c in candidates[: self.top_k]), default=0)
+        words = min(self.document_words, longest)
+        while n > self.max_length and words > 0:
+            words = min(words - 1, int(words * self.max_length / n))
+            text = self.pseudo_query(query, candidates, max(words, 0))
+            n = len(tok(text, add_special_tokens=True, verbose=False)["input_ids"])
+        self._shortened += 1
+        return text
+
+    def document_text(self, text: str) -> str:
+        return self._cut_words(text, self.document_words) + self.document_suffix
+
+    def rerank_all(self, items, ctx: StageContext):
+        self._shortened = 0
+        out = super().rerank_all(items, ctx)
+        if self._shortened:
+            ctx.stats["shortened_pseudo_queries"] += self._shortened
+        return out

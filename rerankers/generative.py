@@ -1,0 +1,167 @@
+"""Family `generative` (ERank): the model writes a 0-10 score, parsed from its text.
+
+One user message (template `erank` by default) asks for a relevance score inside
+<answer>N</answer> after thinking. Decoding is greedy. The integer is parsed after the think
+block; the score is N x P(N), P being the probability the model gave the token(s) spelling N
+(product over the digits when N takes several tokens). Text that cannot be parsed (no
+answer tag, a number out of range, thinking that never ended) scores -1, below every parsed
+score, and is counted in stats["parse_failures"].
+"""
+
+from __future__ import annotations
+
+import re
+
+from rankify_cli.errors import ConfigError
+from rankify_cli.types import StageContext, fingerprint
+
+from .base import NeuralReranker, length_batches, load_once, pad, read_template, require_torch, torch_dtype
+
+FAILED = -1.0
+_FIELD = re.compile(r"\{(query|document|instruction)\}")
+
+
+class Generative(NeuralReranker):
+    family = "generative"
+
+    def __init__(self, model: str, template: str = "erank", instruction: str | None = None,
+                 max_new_tokens: int | None = None, batch_size: int = 8, max_length: int | None = None,
+                 device: str | None = None, dtype: str | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False):
+        self.template_name, self.t = read_template(str(template))
+        if self.t.get("kind") != "generative":
+            raise ConfigError(f"template '{template}' is not a generative template")
+        self.default_max_length = int(self.t.get("max_length", 8192))
+        super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
+                         revision=revision, trust_remote_code=trust_remote_code)
+        self.instruction = str(instruction) if instruction is not None else self.t.get("instruction", "")
+        self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else self.t.get("max_new_tokens", 1024))
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be positive")
+        self.answer_re = re.compile(self.t.get("answer_regex", r"<answer>\s*(\d+)\s*</answer>"), re.S)
+        self.lo, self.hi = int(self.t.get("min_score", 0)), int(self.t.get("max_score", 10))
+
+    def extra_config(self) -> dict:
+        return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
+                "instruction": self.instruction, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+
+    def _load(self):
+        def loader():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
+            tok.padding_side = "left"
+            model = AutoModelForCausalLM.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
+            model.to(self.device).eval()
+            return tok, model
+
+        return load_once(self.load_key("generative"), loader, self.model, self.family)
+
+    # -- prompts -------------------------------------------------------------------------
+    def user_message(self, query: str, document: str) -> str:
+        values = {"query": query, "document": document, "instruction": self.instruction}
+        return _FIELD.sub(lambda m: values[m.group(1)], self.t["user"])
+
+    def prompt_text(self, query: str, document: str) -> str:
+        tok = self._load()[0]
+        messages = [{"role": "user", "content": self.user_message(query, document)}]
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError(f"model '{self.model}' has no chat template; the generative family needs one")
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[list[int]]:
+        tok = self._load()[0]
+        out = []
+        for q, d in pairs:
+            ids = tok(self.prompt_text(q, d), add_special_tokens=False, verbose=False)["input_ids"]
+            if len(ids) > self.max_length:
+                d_ids = tok(d, add_special_tokens=False, verbose=False)["input_ids"]
+                keep = len(d_ids) - (len(ids) - self.max_length)
+                while True:
+                    keep = max(0, keep)
+                    cut = tok.decode(d_ids[:keep], skip_special_tokens=True)
+                    ids = tok(self.prompt_text(q, cut), add_special_tokens=False, verbose=False)["input_ids"]
+                    if len(ids) <= self.max_length or keep == 0:
+                        break
+                    keep -= len(ids) - self.max_length
+                if ctx is not None:
+                    ctx.stats["truncated_documents"] += 1
+            out.append(ids)
+        return out
+
+    # -- parsing -------------------------------------------------------------------------
+    def parse(self, text: str) -> tuple[int, int, int] | None:
+        """(N, start, end) of the answer's digits in `text`, or None when unparseable."""
+        start = 0
+        if "</think>" in text:
+            start = text.rindex("</think>") + len("</think>")
+        elif "<think>" in text:
+            return None  # the model never finished thinking
+        m = None
+        for m in self.answer_re.finditer(text, start):
+            pass
+        if m is None:
+            return None
+        n = int(m.group(1))
+        if not self.lo <= n <= self.hi:
+            return None
+        return n, m.start(1), m.end(1)
+
+    def score_output(self, tok, gen_ids: list[int], token_probs: list[float]) -> float | None:
+        """N x P(N) from generated ids and the probability of each generated token; None when
+        unparseable."""
+        text = tok.decode(gen_ids, skip_special_tokens=False)
+        found = self.parse(text)
+        if found is None:
+            return None
+        n, a, b = found
+
+        def prefix_len(k: int) -> int:
+            return len(tok.decode(gen_ids[:k], skip_special_tokens=False))
+
+        lo, hi = 0, len(gen_ids)  # first token whose end passes position a
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if prefix_len(mid + 1) > a:
+                hi = mid
+            else:
+                lo = mid + 1
+        p, k = 1.0, lo
+        while k < len(gen_ids) and prefix_len(k) < b:
+            p *= float(token_probs[k])
+            k += 1
+        return n * p
+
+    # -- scoring -------------------------------------------------------------------------
+    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        torch = require_torch()
+        tok, model = self._load()
+        ids = self.encode(pairs, ctx)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = set()
+        for e in (model.generation_config.eos_token_id, tok.eos_token_id):
+            eos |= set(e) if isinstance(e, (list, tuple)) else ({e} if e is not None else set())
+        scores = [FAILED] * len(pairs)
+        with torch.inference_mode():
+            for batch in length_batches([len(s) for s in ids], self.batch_size, self.sort_batches):
+                input_ids, mask = pad([ids[i] for i in batch], pad_id, "left")
+                out = self.forward(model.generate, input_ids=input_ids.to(self.device),
+                                   attention_mask=mask.to(self.device), do_sample=False, num_beams=1,
+                                   max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
+                                   return_dict_in_generate=True, output_logits=True, output_scores=True,
+                                   temperature=None, top_p=None, top_k=None)
+                steps = out.logits if getattr(out, "logits", None) is not None else out.scores
+                chosen = out.sequences[:, input_ids.shape[1]:]
+                # probability of each generated token, one step at a time (never B x T x V at once)
+                probs = torch.stack([torch.softmax(s.float(), dim=-1).gather(1, chosen[:, k:k + 1]).squeeze(1)
+                                     for k, s in enumerate(steps)], dim=1).cpu().tolist()
+                gen = chosen.cpu().tolist()
+                for row, i in enumerate(batch):
+                    g = gen[row]
+                    cut = next((k for k, t in enumerate(g) if t in eos), len(g))
+                    s = self.score_output(tok, g[:cut], probs[row])
+                    if s is None:
+                        ctx.stats["parse_failures"] += 1
+                    else:
+                        scores[i] = s
+        return scores

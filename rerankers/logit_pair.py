@@ -1,0 +1,228 @@
+"""Family `logit-pair`: a prompt per (query, document) and two label tokens at the next step.
+
+The prompt and the scoring rule are data (rerankers/templates/NAME.json), not code branches:
+
+- kind: "seq2seq" (one decoder step from the decoder start token) or "causal" (last position)
+- layout: how the prompt is assembled and what may be truncated (only ever the document side)
+    "whole": prefix + query + document + suffix rendered as one string and tokenized at once
+             (monoT5); when too long, the document text is cut and the string re-rendered
+    "body":  prefix, body (= query + document segments) and suffix tokenized separately; only
+             the body is cut from its end (Qwen3-Reranker)
+    "split": prefix, query (capped at query_fraction of max_length), separator, document
+             (capped at document_fraction), suffix, each tokenized alone (mxbai-rerank-v2)
+- prefix / suffix: a string, or a list of strings tokenized one by one
+- positive / negative + label_lookup ("token": a vocabulary entry; "text": the first token of
+  the text) and score: "softmax" (P(positive)), "log_softmax", "difference" (logit gap)
+- instruction: the default instruction ({instruction} in the segments), overridable by option
+"""
+
+from __future__ import annotations
+
+import re
+
+from rankify_cli.errors import ConfigError
+from rankify_cli.types import StageContext, fingerprint
+
+from .base import (NeuralReranker, gather_scores, length_batches, load_once, pad, read_template, require_torch,
+                   torch_dtype)
+
+_FIELD = re.compile(r"\{(query|document|instruction)\}")
+
+
+def render(text: str, **values: str) -> str:
+    """Fill {query}, {document}, {instruction} in one pass (texts may contain braces)."""
+    return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+class LogitPair(NeuralReranker):
+    family = "logit-pair"
+
+    def __init__(self, model: str, template: str = "", instruction: str | None = None, batch_size: int = 16,
+                 max_length: int | None = None, device: str | None = None, dtype: str | None = None,
+                 revision: str | None = None, trust_remote_code: bool = False):
+        if not template:
+            raise ConfigError("logit-pair needs a template, e.g. --reranker 'logit-pair:MODEL?template=monot5' "
+                              "(templates: monot5, qwen3-yesno, mxbai-v2, or a path to a .json file)")
+        self.template_name, self.t = read_template(str(template))
+        kind = self.t.get("kind")
+        if kind not in ("seq2seq", "causal"):
+            raise ConfigError(f"template '{template}' has kind {kind!r}; logit-pair needs 'seq2seq' or 'causal'")
+        if self.t.get("layout", "whole") not in ("whole", "body", "split"):
+            raise ConfigError(f"template '{template}': layout must be whole, body or split")
+        if self.t.get("score") not in ("softmax", "log_softmax", "difference"):
+            raise ConfigError(f"template '{template}': score must be softmax, log_softmax or difference")
+        self.default_max_length = int(self.t.get("max_length", 512))
+        super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
+                         revision=revision, trust_remote_code=trust_remote_code)
+        self.instruction = str(instruction) if instruction is not None else self.t.get("instruction")
+
+    def extra_config(self) -> dict:
+        return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
+                "instruction": self.instruction}
+
+    # -- model ---------------------------------------------------------------------------
+    def _load(self):
+        def loader():
+            from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
+            tok.padding_side = self.t.get("padding_side", "left" if self.t["kind"] == "causal" else "right")
+            cls = AutoModelForSeq2SeqLM if self.t["kind"] == "seq2seq" else AutoModelForCausalLM
+            model = cls.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
+            model.to(self.device).eval()
+            return tok, model, self._label_ids(tok)
+
+        return load_once(self.load_key(self.t["kind"], fingerprint(self.t)), loader, self.model, self.family)
+
+    def _label_ids(self, tok) -> tuple[int, int]:
+        out = []
+        for field in ("positive", "negative"):
+            label = self.t[field]
+            if self.t.get("label_lookup", "token") == "token":
+                tid = tok.convert_tokens_to_ids(label)
+                if tid is None or (tok.unk_token_id is not None and tid == tok.unk_token_id and label != tok.unk_token):
+                    raise ConfigError(f"label token {label!r} of template '{self.template_name}' is not in the "
+                                      f"vocabulary of '{self.model}'")
+            else:
+                ids = tok(label, add_special_tokens=False)["input_ids"]
+                if not ids:
+                    raise ConfigError(f"label {label!r} of template '{self.template_name}' tokenizes to nothing")
+                tid = ids[0]
+            out.append(int(tid))
+        return out[0], out[1]
+
+    # -- prompts -------------------------------------------------------------------------
+    def _query_segment(self, query: str) -> str:
+        seg = self.t["query"]
+        if self.instruction and self.t.get("instruction_query"):
+            seg = self.t["instruction_query"]
+        return render(seg, query=query, instruction=self.instruction or "")
+
+    def _doc_segment(self, doc: str) -> str:
+        return render(self.t["document"], document=doc, instruction=self.instruction or "")
+
+    def _parts(self, key: str) -> list[str]:
+        v = self.t.get(key, "")
+        parts = v if isinstance(v, list) else [v]
+        return [render(p, instruction=self.instruction or "") for p in parts if p]
+
+    def prompt_text(self, query: str, document: str) -> str:
+        """The full prompt before any truncation (what the tokenizer sees when nothing is cut)."""
+        sep = self.t.get("separator", "") if self.t.get("layout") == "split" else ""
+        return ("".join(self._parts("prefix")) + self._query_segment(query) + sep + self._doc_segment(document)
+                + "".join(self._parts("suffix")))
+
+    def _ids(self, tok, text: str) -> list[int]:
+        return tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+
+    def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[list[int]]:
+        tok = self._load()[0]
+        layout = self.t.get("layout", "whole")
+        stats = ctx.stats if ctx is not None else None
+        if layout == "whole":
+            return self._encode_whole(tok, pairs, stats)
+        prefix = [i for p in self._parts("prefix") for i in self._ids(tok, p)]
+        suffix = [i for p in self._parts("suffix") for i in self._ids(tok, p)]
+        out: list[list[int]] = []
+        if layout == "body":
+            budget = self.max_length - len(prefix) - len(suffix)
+            if budget < 1:
+                raise ConfigError(f"max_length {self.max_length} leaves no room for the prompt body")
+            bodies = tok([self._query_segment(q) + self._doc_segment(d) for q, d in pairs],
+                         add_special_tokens=False, verbose=False)["input_ids"]
+            for body in bodies:
+                if len(body) > budget:
+                    body = body[:budget]
+                    if stats is not None:
+                        stats["truncated_documents"] += 1
+                out.append(prefix + body + suffix)
+            return out
+        # split
+        sep = self._ids(tok, self.t.get("separator", ""))
+        static = len(prefix) + len(suffix) + len(sep)
+        q_cap = int(self.max_length * float(self.t.get("query_fraction", 0.75)))
+        d_frac = float(self.t.get("document_fraction", 0.25))
+        qs = tok([self._query_segment(q) for q, _ in pairs], add_special_tokens=False, verbose=False)["input_ids"]
+        ds = tok([self._doc_segment(d) for _, d in pairs], add_special_tokens=False, verbose=False)["input_ids"]
+        for q_ids, d_ids in zip(qs, ds):
+            if len(q_ids) > q_cap:
+                q_ids = q_ids[:q_cap]
+                if stats is not None:
+                    stats["truncated_queries"] += 1
+            d_cap = max(0, min(int(self.max_length * d_frac), self.max_length - static - len(q_ids)))
+            if len(d_ids) > d_cap:
+                d_ids = d_ids[:d_cap]
+                if stats is not None:
+                    stats["truncated_documents"] += 1
+            out.append(prefix + q_ids + sep + d_ids + suffix)
+        return out
+
+    def _encode_whole(self, tok, pairs, stats) -> list[list[int]]:
+        special = bool(self.t.get("add_special_tokens", True))
+        texts = [self.prompt_text(q, d) for q, d in pairs]
+        out = tok(texts, add_special_tokens=special, verbose=False)["input_ids"]
+        for i, ids in enumerate(out):
+            if len(ids) <= self.max_length:
+                continue
+            q, d = pairs[i]
+            d_ids = self._ids(tok, d)
+            keep = len(d_ids) - (len(ids) - self.max_length)
+            while True:  # cut the document's tokens, re-render, re-tokenize until it fits
+                keep = max(0, keep)
+                text = self.prompt_text(q, tok.decode(d_ids[:keep], skip_special_tokens=True))
+                ids = tok(text, add_special_tokens=special, verbose=False)["input_ids"]
+                if len(ids) <= self.max_length or keep == 0:
+                    break
+                keep -= len(ids) - self.max_length
+            if len(ids) > self.max_length:
+                raise ConfigError(f"the prompt without its document is longer than max_length {self.max_length}")
+            out[i] = ids
+            if stats is not None:
+                stats["truncated_documents"] += 1
+        return out
+
+    # -- scoring -------------------------------------------------------------------------
+    def label_logits(self, model, input_ids, attention_mask):
+        """(positive, negative) logits at the scoring position for a padded batch."""
+        torch = require_torch()
+        tok, _, (pos, neg) = self._load()
+        if self.t["kind"] == "seq2seq":
+            start = model.config.decoder_start_token_id
+            if start is None:
+                start = tok.pad_token_id
+            dec = torch.full((input_ids.shape[0], 1), int(start), dtype=torch.long, device=input_ids.device)
+            logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask,
+                                  decoder_input_ids=dec).logits[:, 0, :]
+        else:
+            try:
+                logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask,
+                                      logits_to_keep=1).logits[:, -1, :]
+            except TypeError:  # an older or remote-code model without logits_to_keep
+                logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask).logits[:, -1, :]
+        return logits[:, pos].float(), logits[:, neg].float()
+
+    def score_rule(self, pos_logit, neg_logit):
+        torch = require_torch()
+        rule = self.t["score"]
+        if rule == "difference":
+            return pos_logit - neg_logit
+        both = torch.stack([pos_logit, neg_logit], dim=-1)
+        if rule == "softmax":
+            return torch.softmax(both, dim=-1)[:, 0]
+        return torch.log_softmax(both, dim=-1)[:, 0]
+
+    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        torch = require_torch()
+        tok, model, _ = self._load()
+        ids = self.encode(pairs, ctx)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        side = self.t.get("padding_side", "left" if self.t["kind"] == "causal" else "right")
+        if self.t["kind"] == "causal" and side != "left":
+            raise ConfigError("a causal logit-pair template needs padding_side 'left' (the score is read at the end)")
+        parts = []
+        with torch.inference_mode():
+            for batch in length_batches([len(s) for s in ids], self.batch_size, self.sort_batches):
+                input_ids, mask = pad([ids[i] for i in batch], pad_id, side)
+                p, n = self.label_logits(model, input_ids.to(self.device), mask.to(self.device))
+                parts.append((batch, self.score_rule(p, n)))
+        return gather_scores(parts, len(pairs))

@@ -1,0 +1,39 @@
+"""Short names for public checkpoints: preset -> (family, model id, options).
+
+A plain dict (no torch, no transformers) so the registry can import it for free. Options are
+the family's constructor options; a user's spec options override them
+(`--reranker 'qwen3-reranker-4b?batch_size=4'`), and a spec argument replaces the model id
+(`--reranker minilm-l6:/models/minilm` loads a local copy with the preset's options).
+"""
+
+from __future__ import annotations
+
+PRESETS: dict[str, tuple[str, str, dict]] = {
+    # cross-encoders (one relevance logit)
+    "minilm-l6": ("cross-encoder", "cross-encoder/ms-marco-MiniLM-L-6-v2", {}),
+    "minilm-l12": ("cross-encoder", "cross-encoder/ms-marco-MiniLM-L-12-v2", {}),
+    "bge-reranker-v2-m3": ("cross-encoder", "BAAI/bge-reranker-v2-m3", {}),
+    # seq2seq true/false
+    "monot5-base": ("logit-pair", "castorini/monot5-base-msmarco", {"template": "monot5"}),
+    "monot5-3b": ("logit-pair", "castorini/monot5-3b-msmarco-10k", {"template": "monot5"}),
+    # causal yes/no and 1/0
+    "qwen3-reranker-0.6b": ("logit-pair", "Qwen/Qwen3-Reranker-0.6B", {"template": "qwen3-yesno"}),
+    "qwen3-reranker-4b": ("logit-pair", "Qwen/Qwen3-Reranker-4B", {"template": "qwen3-yesno", "batch_size": 8}),
+    "qwen3-reranker-8b": ("logit-pair", "Qwen/Qwen3-Reranker-8B", {"template": "qwen3-yesno", "batch_size": 4}),
+    "mxbai-rerank-base-v2": ("logit-pair", "mixedbread-ai/mxbai-rerank-base-v2", {"template": "mxbai-v2"}),
+    "mxbai-rerank-large-v2": ("logit-pair", "mixedbread-ai/mxbai-rerank-large-v2", {"template": "mxbai-v2", "batch_size": 8}),
+    # generative 0-10 score
+    "erank-4b": ("generative", "Alibaba-NLP/ERank-4B", {"template": "erank"}),
+    # listwise pseudo-query embedding
+    "e2rank-0.6b": ("e2rank", "Alibaba-NLP/E2Rank-0.6B", {}),
+    "e2rank-4b": ("e2rank", "Alibaba-NLP/E2Rank-4B", {}),
+    "e2rank-8b": ("e2rank", "Alibaba-NLP/E2Rank-8B", {}),
+}
+
+FAMILIES: dict[str, str] = {
+    "cross-encoder": "rankify_cli.rerankers.cross_encoder:CrossEncoder",
+    "logit-pair": "rankify_cli.rerankers.logit_pair:LogitPair",
+    "generative": "rankify_cli.rerankers.generative:Generative",
+    "embedding": "rankify_cli.rerankers.embedding:Embedding",
+    "e2rank": "rankify_cli.rerankers.embedding:E2Rank",
+}
