@@ -109,5 +109,9 @@ def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules 
         raise
     except Exception as e:
         raise RankifyError(f"evaluation failed in ir-measures: {e}") from None
-    ordered = {str(m): aggregate[str(m)] for m in measures}
+    # fixed key order (queries sorted, measures as asked): metrics.json is byte-stable across
+    # processes, whatever order the evaluator's backends yield values in
+    names = [str(m) for m in measures]
+    ordered = {n: aggregate[n] for n in names}
+    per_query = {q: {n: per_query[q][n] for n in names if n in per_query[q]} for q in sorted(per_query)}
     return Evaluation(ordered, per_query, len(per_query), notes)

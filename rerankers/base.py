@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rankify_cli.errors import ConfigError, DependencyError
+from rankify_cli.faults import crashpoint
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
 # (class, model, revision, dtype, device, trust_remote_code, extra) -> loaded object(s)
@@ -26,6 +27,9 @@ _LOAD_LOCK = threading.Lock()
 # How many (query, document) pairs a chunk of queries may hold before it is scored. Chunks
 # span queries so batches stay full, and progress is reported as each chunk finishes.
 CHUNK_PAIRS = 2048
+# On CUDA, finished batches are written to the cache every this many batches (each write
+# synchronises the device); on CPU after every batch.
+FLUSH_BATCHES_CUDA = 8
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -321,7 +325,12 @@ class NeuralReranker(Reranker):
         fresh: dict[str, float] = {}
         if todo:
             before = self.forward_calls
-            scores = self._compute(list(todo.values()), ctx)
+            self._sink = (list(todo), ctx, [])
+            try:
+                scores = self._compute(list(todo.values()), ctx)
+                self._flush()
+            finally:
+                self._sink = None
             fresh = {k: float(s) for k, s in zip(todo, scores)}
             ctx.stats["scored_pairs"] += len(fresh)
             ctx.stats["forward_calls"] += self.forward_calls - before
@@ -332,6 +341,34 @@ class NeuralReranker(Reranker):
             scores = [fresh[k] if k in fresh else float(cached[k]) for k in keys_per_item[i]]
             out[i] = [Candidate(c.doc_id, s, c.text) for c, s in zip(cands, scores)]
         ctx.progress(len(chunk))
+
+
+    # -- per-batch persistence -------------------------------------------------------------
+    _sink = None  # (keys of the pairs being computed, ctx, pending (batch, scores) parts)
+
+    def emit(self, batch: list[int], scores) -> None:
+        """A finished model batch: store its scores now, so a killed run never redoes it.
+
+        On CUDA, parts are flushed every FLUSH_BATCHES_CUDA batches instead: each flush is a
+        device-to-host synchronisation.
+        """
+        if self._sink is None or self._sink[1].store is None:
+            return
+        self._sink[2].append((batch, scores))
+        if self.device != "cuda" or len(self._sink[2]) >= FLUSH_BATCHES_CUDA:
+            self._flush()
+        crashpoint("rerank-batch")
+
+    def _flush(self) -> None:
+        if self._sink is None or not self._sink[2]:
+            return
+        keys, ctx, parts = self._sink
+        done: dict[str, float] = {}
+        for batch, scores in parts:
+            values = scores.float().reshape(-1).cpu().tolist() if hasattr(scores, "cpu") else list(scores)
+            done.update((keys[i], float(v)) for i, v in zip(batch, values))
+        ctx.store.put_many(self.family, done)
+        parts.clear()
 
 
 def read_template(name: str, folder: Path | None = None) -> tuple[str, dict]:

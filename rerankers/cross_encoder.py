@@ -76,4 +76,5 @@ class CrossEncoder(NeuralReranker):
                     raise ConfigError(f"model '{self.model}' has {logits.shape[-1]} output labels; "
                                       "a cross-encoder needs 1 (relevance logit) or 2 (not relevant, relevant)")
                 parts.append((batch, s))
+                self.emit(batch, s)
         return gather_scores(parts, len(pairs))

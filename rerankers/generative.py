@@ -164,4 +164,5 @@ class Generative(NeuralReranker):
                         ctx.stats["parse_failures"] += 1
                     else:
                         scores[i] = s
+                self.emit(batch, [scores[i] for i in batch])
         return scores

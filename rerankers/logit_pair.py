@@ -225,4 +225,5 @@ class LogitPair(NeuralReranker):
                 input_ids, mask = pad([ids[i] for i in batch], pad_id, side)
                 p, n = self.label_logits(model, input_ids.to(self.device), mask.to(self.device))
                 parts.append((batch, self.score_rule(p, n)))
+                self.emit(batch, parts[-1][1])
         return gather_scores(parts, len(pairs))

@@ -588,3 +588,39 @@ def test_minilm_embedding_reranker_equals_bare_sentence_transformers(tmp_path, m
     bare = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
     assert round(ours, 4) == round(bare, 4), (ours, bare)
     assert abs(bare - 0.6424) < 5e-4  # DESIGN.md reference
+
+
+# --------------------------------------------------------------------------------------
+# kill -9 mid-reranking: finished batches are kept, nothing finished is computed again
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("point", ["rerank-batch:3", "rerank-batch:11", "rerank-progress:1"])
+def test_kill_9_mid_reranking_then_resume(tmp_path, bert_cross_encoders, point):
+    import json
+    import subprocess
+
+    spec = f"cross-encoder:{bert_cross_encoders[1]}?batch_size=8"
+    base = [sys.executable, "-m", "rankify_cli.cli", "run", "-d", "dl19", "-r", "run:bm25", "--reranker", spec,
+            "--top-k", "20", "-q", "--json"]
+    env = {**os.environ, "RANKIFY_DATA_DIR": str(DATA), "HF_HUB_OFFLINE": "1"}
+
+    def run(out, cache, crash=None):
+        e = {**env, "RANKIFY_CACHE_DIR": str(cache), **({"RANKIFY_CRASH_AT": crash} if crash else {})}
+        return subprocess.run(base + ["-o", str(out)], capture_output=True, text=True, env=e)
+
+    ref = run(tmp_path / "ref", tmp_path / "ref-cache")
+    assert ref.returncode == 0, ref.stderr
+    total = 43 * 20
+    killed = run(tmp_path / "out", tmp_path / "cache", point)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run(tmp_path / "out", tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    stats = doc["run_info"]["stages"][1]["stats"]
+    done_before = stats.get("cached_scores", 0)
+    # what the killed run finished is read back; only the rest is computed
+    assert done_before > 0 and done_before + stats.get("scored_pairs", 0) == total
+    if point.startswith("rerank-batch"):
+        assert done_before == 8 * int(point.split(":")[1])  # exactly the finished batches
+    ref_dir, out_dir = Path(json.loads(ref.stdout)["output_dir"]), Path(doc["output_dir"])
+    for name in ("stage1.run", "stage2.run", "metrics.json"):
+        assert (ref_dir / name).read_bytes() == (out_dir / name).read_bytes(), name
