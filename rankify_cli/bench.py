@@ -50,7 +50,7 @@ def _prepare(cond: Condition, data_dir: str | None) -> Prepared:
         raise ConfigError(f"condition '{cond.name}': unknown dataset '{cond.dataset}'")
     try:
         pipe = Pipeline(cond.retriever, cond.rerankers, depth=cond.depth, top_k=cond.top_k,
-                        reranker_defaults=cond.backend or None)
+                        reranker_defaults=cond.backend or None, aliases=cond.aliases)
     except DependencyError as e:
         return Prepared(cond, skip=e.render())
     except ConfigError as e:

@@ -52,14 +52,14 @@ def plot_quality_cost(rows: list[dict], metric: str, path: Path) -> None:
     for pipe, pts in sorted(points.items()):
         x = sum(p[0] for p in pts) / len(pts)
         y = sum(p[1] for p in pts) / len(pts)
-        ax.scatter([x], [y], s=60)
-        label = pipe if len(pipe) <= 48 else pipe[:45] + "..."
-        ax.annotate(f"{label} ({len(pts)} ds)", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        label = pipe if len(pipe) <= 60 else pipe[:57] + "..."
+        ax.scatter([x], [y], s=60, label=f"{label} ({len(pts)} dataset{'s' if len(pts) > 1 else ''})")
     ax.set_xscale("log")
     ax.set_xlabel("seconds per query (log scale, mean over datasets)")
     ax.set_ylabel(f"{metric} (mean over datasets)")
     ax.set_title(f"Quality vs cost: {metric}")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")

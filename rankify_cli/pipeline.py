@@ -57,7 +57,7 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, retriever: str, rerankers: list[str] | None = None, depth: int = 1000, top_k: int = 100,
-                 reranker_defaults: dict | None = None):
+                 reranker_defaults: dict | None = None, aliases: dict[str, str] | None = None):
         if depth < 1 or top_k < 1:
             from .errors import ConfigError
 
@@ -65,11 +65,18 @@ class Pipeline:
         self.retriever = registry.build("retriever", retriever)
         self.rerankers = [registry.build("reranker", r, reranker_defaults) for r in rerankers or []]
         self.depth, self.top_k = depth, top_k
+        self.aliases = aliases or {}
 
     @property
     def id(self) -> str:
+        """Names the pipeline (leaderboard key). Suite variables stay as ${VAR} in it, so the
+        id does not depend on where a model lives on this machine; the config hash does
+        depend on the model's content."""
         parts = [self.retriever.spec] + [f"{r.spec}@{self.top_k}" for r in self.rerankers]
-        return " >> ".join(parts)
+        text = " >> ".join(parts)
+        for value, token in sorted(self.aliases.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(value, token)
+        return text
 
     def config(self) -> dict:
         return {

@@ -117,7 +117,8 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
     reranked = sum(len(c) for s in result.stages if s.kind == "reranker" for c in s.run.values())
     calls = sum(_counter(s.stats, CALL_KEYS) for s in result.stages)
     tokens = sum(_counter(s.stats, TOKEN_KEYS) for s in result.stages)
-    models = [s.config.get("model") for s in result.stages if s.config.get("model")]
+    # local folders show their last two parts (the full path and content hash are in metrics.json)
+    models = [_short_model(str(s.config["model"])) for s in result.stages if s.config.get("model")]
     params = {"depth": result.config.get("depth"), "top_k": result.config.get("top_k")}
     params.update({k: v for k, v in result.config["retriever"].items() if k in ("k1", "b", "backend", "method")})
     row.update({
@@ -131,6 +132,11 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
         "date": info["date"],
     })
     return row
+
+
+def _short_model(model: str) -> str:
+    p = Path(model)
+    return str(Path(*p.parts[-2:])) if p.is_absolute() and len(p.parts) > 2 else model
 
 
 def _counter(stats: dict, keys: tuple[str, ...]) -> int:

@@ -53,6 +53,7 @@ class Condition:
     backend: dict = field(default_factory=dict)
     skip_reason: str | None = None
     origin: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)  # expanded value -> ${VAR}, for ids
 
 
 @dataclass
@@ -63,12 +64,14 @@ class Suite:
     alpha: float = 0.05
 
 
-def _expand(value: str, missing: list[str]) -> str:
+def _expand(value: str, missing: list[str], aliases: dict[str, str] | None = None) -> str:
     def sub(m):
         v = os.environ.get(m.group(1))
         if v is None:
             missing.append(m.group(1))
             return m.group(0)
+        if aliases is not None and v:
+            aliases[v] = m.group(0)  # ids show ${VAR}, not this machine's path
         return v
 
     return _VAR.sub(sub, value)
@@ -134,16 +137,18 @@ def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
         parse_measures(list(expected))
         tol = _numbers(raw.get("tolerance", default_tol), list(expected) or measures, "tolerance", where, p)
         missing: list[str] = []
+        aliases: dict[str, str] = {}
         rerankers = raw.get("rerankers", [])
         if isinstance(rerankers, str):
             rerankers = [rerankers]
         cond = Condition(
-            name=raw["name"], dataset=_expand(raw["dataset"], missing), retriever=_expand(raw["retriever"], missing),
-            rerankers=[_expand(r, missing) for r in rerankers], top_k=int(raw.get("top_k", 100)),
+            name=raw["name"], dataset=_expand(raw["dataset"], missing),
+            retriever=_expand(raw["retriever"], missing, aliases),
+            rerankers=[_expand(r, missing, aliases) for r in rerankers], top_k=int(raw.get("top_k", 100)),
             depth=int(raw.get("depth", 1000)), measures=list(dict.fromkeys([*measures, *expected])),
             expected=expected, tolerance=tol, source=raw.get("source", ""),
             backend={k: _expand(raw[k], missing) for k in ("backend", "base_url", "api_key_env") if k in raw},
-            origin=str(p),
+            origin=str(p), aliases=aliases,
         )
         if missing:
             cond.skip_reason = f"environment variable(s) {', '.join(sorted(set(missing)))} not set"
