@@ -52,6 +52,9 @@ def _model_file(model: str, name: str, revision: str | None) -> str | None:
         return None
 
 
+DOC_MEMO_MAX = 500_000  # document vectors kept per reranker instance (about 0.8 GB at 384 dims)
+
+
 class Embedding(NeuralReranker):
     family = "embedding"
     default_max_length = 512
@@ -204,12 +207,18 @@ class Embedding(NeuralReranker):
 
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
         qs = list(dict.fromkeys(q for q, _ in pairs))
-        ds = list(dict.fromkeys(d for _, d in pairs))
         qe = self.embed(qs, ctx, "querie")
-        de = self.embed(ds, ctx, "document")
         qi = {q: i for i, q in enumerate(qs)}
-        di = {d: i for i, d in enumerate(ds)}
-        return [float(qe[qi[q]] @ de[di[d]]) for q, d in pairs]
+        # A document shared by many queries' candidate lists (most of a BEIR corpus) is embedded
+        # once per run, not once per chunk: the memo holds this model's document vectors.
+        memo = self.__dict__.setdefault("_doc_vectors", {})
+        new = [d for d in dict.fromkeys(d for _, d in pairs) if d not in memo]
+        if len(memo) + len(new) > DOC_MEMO_MAX:
+            memo.clear()
+        if new:
+            memo.update(zip(new, self.embed(new, ctx, "document")))
+        ctx.stats["documents_embedded"] += len(new)
+        return [float(qe[qi[q]] @ memo[d]) for q, d in pairs]
 
 
 class E2Rank(Embedding):

@@ -21,13 +21,14 @@ from typing import Sequence
 
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
-from .llm_backends import COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 
 def parse_group_scores(text: str, answer_pattern: str = r"<answer>(.*?)</answer>") -> dict[str, object]:
     """The last JSON object of a completion, repaired like the reference; ValueError if none."""
     if not text:
         raise ValueError("empty output")
+    text = text[-MAX_PARSED_CHARS:]  # answers sit at the end; bounds regex work on huge outputs
     m = re.search(answer_pattern, text, re.DOTALL)
     if m:
         text = m.group(1).strip()

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
-from .llm_backends import COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 _FANCY_DIGITS = str.maketrans(
     "⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉①②③④⑤⑥⑦⑧⑨❶❷❸❹❺❻❼❽❾０１２３４５６７８９🄀🄁🄂🄃🄄🄅🄆🄇🄈🄉",
@@ -31,13 +31,16 @@ def replace_bracket_numbers(text: str) -> str:
 
 def parse_permutation(response: str, n: int, after: str | None = "</think>") -> tuple[list[int], str]:
     """(order of 0-based ids covering 0..n-1, status) with status ok | repaired | failed."""
+    response = response[-MAX_PARSED_CHARS:]  # answers sit at the end; bounds work on huge outputs
     if after and after in response:
         response = response.split(after)[-1]
     digits = re.sub(r"\D+", " ", response.translate(_FANCY_DIGITS)).split()
     seen: list[int] = []
     clean = True
     for d in digits:
-        i = int(d) - 1
+        # a run of digits longer than any window index is out of range (and int() of a
+        # 40,000-digit string would raise)
+        i = int(d) - 1 if len(d) <= 6 else -1
         if 0 <= i < n and i not in seen:
             seen.append(i)
         else:

@@ -52,6 +52,11 @@ class BackendError(RankifyError):
 
 
 # ----------------------------------------------------------------------------- templates
+# Parsers read at most the last this many characters of a model's answer: the answer tags and
+# permutations sit at the end, and regex work stays bounded on a runaway 1 MB completion.
+MAX_PARSED_CHARS = 65_536
+
+
 def load_template(name: str, paradigm: str) -> tuple[str, dict]:
     """A prompt template by name (a file in rerankers/templates/) or by path."""
     path = Path(os.path.expanduser(name))
@@ -67,7 +72,39 @@ def load_template(name: str, paradigm: str) -> tuple[str, dict]:
         raise ConfigError(f"template {path} is not valid JSON: {e}") from None
     if tpl.get("paradigm") != paradigm:
         raise ConfigError(f"template '{name}' is for '{tpl.get('paradigm')}', not {paradigm}")
+    check_placeholders(path, tpl, paradigm)
     return path.stem, tpl
+
+
+# What each paradigm's code fills into its templates; the first ones must appear somewhere.
+PLACEHOLDERS = {
+    "listwise": (("query", "candidate"), {"query", "num", "rank", "candidate"}),
+    "setwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
+    "groupwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
+}
+
+
+def check_placeholders(path: Path, tpl: dict, paradigm: str) -> None:
+    """A template that forgets {query} would silently rank without the query, and an unknown
+    {name} would fail mid-run: both are refused when the template loads."""
+    import string
+
+    required, allowed = PLACEHOLDERS.get(paradigm, ((), None))
+    seen: set[str] = set()
+    for key, value in tpl.items():
+        if not isinstance(value, str) or key in ("paradigm", "description", "parser", "pattern"):
+            continue
+        try:
+            seen |= {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(value) if f}
+        except ValueError as e:
+            raise ConfigError(f"template {path}: field '{key}' is not a valid format string ({e})") from None
+    unknown = sorted(seen - allowed) if allowed is not None else []
+    if unknown:
+        raise ConfigError(f"template {path}: unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                          f"{paradigm} templates may use {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    missing = [r for r in required if r not in seen]
+    if missing:
+        raise ConfigError(f"template {path}: missing placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
 
 
 def _template_paradigm(path: Path) -> str | None:

@@ -18,10 +18,11 @@ from typing import Sequence
 
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
-from .llm_backends import COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 
 def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: bool = True) -> int | None:
+    response = response[-MAX_PARSED_CHARS:]  # answers sit at the end; bounds regex work on huge outputs
     text = response.lower() if lowercase else response
     m = re.search(pattern, text, re.DOTALL)
     if not m:

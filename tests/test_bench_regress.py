@@ -170,7 +170,7 @@ def test_leaderboard_pivot_and_plot(cli, tmp_path, data_dir):
     assert {"stage_s", "s_per_query", "params", "config_hash", "rankify_version"} <= set(rows[0])
 
 
-@pytest.mark.parametrize("name", ["ci", "beir", "trec-dl", "bright"])
+@pytest.mark.parametrize("name", ["ci", "beir", "trec-dl", "bright", "minilm"])
 def test_shipped_suites_validate(name, data_dir, monkeypatch):
     """Every shipped condition names real datasets, specs, options and measures (no model is loaded)."""
     from pathlib import Path

@@ -173,3 +173,43 @@ def test_damaged_metrics_json_is_recomputed_by_bench(cli, tmp_path, data_dir):
         m.write_text("{ half a file")
     r = cli("bench", str(suite), "-o", str(out), "--json")
     assert r.code == 0 and r.json()[0]["status"] == "ran", r
+
+
+@pytest.mark.parametrize("paradigm", ["listwise", "setwise", "groupwise"])
+def test_one_megabyte_llm_response_is_parsed_in_bounded_time(paradigm):
+    """A runaway completion (1 MB of repeated opening tags and digits) falls back or parses;
+    the parsers read only the answer's tail, so regex work cannot explode."""
+    from rankify_cli.rerankers.groupwise import parse_group_scores
+    from rankify_cli.rerankers.listwise import parse_permutation
+    from rankify_cli.rerankers.setwise import parse_label
+
+    huge = "<answer>[" * 120_000 + "7" * 40_000
+    assert len(huge) > 1_000_000
+    if paradigm == "listwise":
+        order, status = parse_permutation(huge + " [2] > [1]", 3)
+        assert sorted(order) == [0, 1, 2]
+    elif paradigm == "setwise":
+        assert parse_label(huge, ["1", "2"], r"<answer>\s*\[(\d+)\]\s*</answer>") is None
+        assert parse_label(huge + "<answer>[2]</answer>", ["1", "2"], r"<answer>\s*\[(\d+)\]\s*</answer>") == 1
+    else:
+        with pytest.raises(ValueError):
+            parse_group_scores(huge)
+        assert parse_group_scores(huge + '<answer>{"[1]": 7}</answer>') == {"[1]": 7}
+
+
+@pytest.mark.parametrize("body,expected", [
+    ({"prefix_user": "Rank {num} passages.", "suffix_user": "Rank them.", "body_user": "[{rank}] {candidate}"},
+     "missing placeholder(s) {query}"),
+    ({"prefix_user": "Query: {query} {colour}", "body_user": "[{rank}] {candidate}"}, "unknown placeholder(s) {colour}"),
+    ({"prefix_user": "Query: {query", "body_user": "[{rank}] {candidate}"}, "is not a valid format string"),
+])
+def test_llm_template_with_bad_placeholders_is_refused(cli, tmp_path, data_dir, body, expected):
+    base = json.loads((__import__("pathlib").Path(__file__).parent.parent / "rerankers" / "templates" /
+                       "listwise-rankgpt.json").read_text())
+    base.update(body)
+    tpl = tmp_path / "bad.json"
+    tpl.write_text(json.dumps(base))
+    r = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "out"),
+            "--reranker", f"listwise:m?template={tpl}&backend=openai&base_url=http://127.0.0.1:9/v1")
+    assert_clean_error(r, expected)
+    assert not (tmp_path / "out").exists()
