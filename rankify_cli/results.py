@@ -114,7 +114,8 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
     total = retrieve + rerank
     row = {"dataset": result.dataset.name, "pipeline": result.pipeline_id}
     row.update({m: f"{v:.4f}" for m, v in (doc["metrics"] or {}).items()})
-    reranked = sum(len(c) for s in result.stages if s.kind == "reranker" for c in s.run.values())
+    top_k = result.config.get("top_k") or 0  # candidates below it follow unscored (the tail)
+    reranked = sum(min(len(c), top_k) for s in result.stages if s.kind == "reranker" for c in s.run.values())
     calls = sum(_counter(s.stats, CALL_KEYS) for s in result.stages)
     tokens = sum(_counter(s.stats, TOKEN_KEYS) for s in result.stages)
     # local folders show their last two parts (the full path and content hash are in metrics.json)
