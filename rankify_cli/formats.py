@@ -301,6 +301,24 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
         raise
 
 
+def atomic_dir(path: str | Path, write) -> None:
+    """Fill a temp folder beside `path` with `write(tmp)`, then rename it into place: a crash
+    never leaves half a folder, and a concurrent writer that finished first wins."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same entry first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def remove_stale_temp_files(folder: str | Path) -> int:
     """Delete temp files left by writers that were killed (their pid is gone); never a live one's."""
     removed = 0

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rankify_cli.formats import atomic_dir
 from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageContext, fingerprint
 
 from .analysis import Analyzer
@@ -236,15 +235,9 @@ class BM25(Retriever):
 
 
 def _save_atomically(index, doc_ids: list[str], path: Path) -> None:
-    """Write into a temp folder, then rename: a crash never leaves half an index behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    try:
+    """Index and doc ids land together or not at all."""
+    def write(tmp: Path) -> None:
         index.save(str(tmp))
         (tmp / "doc_ids.json").write_text(json.dumps(doc_ids))
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished the same index first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(path, write)

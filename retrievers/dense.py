@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from rankify_cli.errors import ConfigError, DependencyError
+from rankify_cli.formats import atomic_dir
 from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageContext, fingerprint
 
 CACHE_FORMAT = 1
@@ -91,20 +90,6 @@ def hub_fingerprint(model: str, revision: str | None) -> str:
     except Exception:
         pass
     return f"hub:{model}@{revision or 'main'}"
-
-
-def _atomic_dir(path: Path, write) -> None:
-    """Write into a temp folder beside `path`, then rename; a crash leaves nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished the same entry first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Dense(Retriever):
@@ -301,7 +286,7 @@ class Dense(Retriever):
                 (tmp / "ids.json").write_text(json.dumps(ids))
                 (tmp / "meta.json").write_text(json.dumps({"model": self.model, "count": len(ids),
                                                            "dim": int(emb.shape[1]), **self._encoding_key()}))
-            _atomic_dir(path, write)
+            atomic_dir(path, write)
         return emb
 
     def document_embeddings(self, source: Source, ctx: StageContext) -> tuple[list[str], np.ndarray]:
