@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     windows = 9  # top-100, window 20, stride 10
     bound = math.ceil(queries / a.concurrency) * windows * a.latency
     with tempfile.TemporaryDirectory() as tmp, LLMServer(Oracle(qrels, cands), latency=a.latency) as srv:
-        spec = f"listwise:bench?backend=openai&base_url={srv.url}&concurrency={a.concurrency}"
+        log = Path(tmp) / "calls.jsonl"
+        spec = f"listwise:bench?backend=openai&base_url={srv.url}&concurrency={a.concurrency}&log_calls={log}"
         env = {**os.environ, "RANKIFY_DATA_DIR": data, "RANKIFY_CACHE_DIR": str(Path(tmp) / "cache")}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "rankify_cli.cli", "run", "-d", a.dataset, "-r", "run:bm25",
@@ -58,9 +59,15 @@ def main(argv=None) -> int:
         info = json.loads((Path(doc["output_dir"]) / "run_info.json").read_text())
         stage = info["stages"][-1]
         calls = srv.stats()["answered"]
+        # round trip of each call as the client saw it: what of the overhead is the wire's
+        trips = [json.loads(line)["latency_s"] for line in log.read_text().splitlines() if line.strip()]
+    round_trip = sum(trips) / max(1, len(trips))
+    steps = math.ceil(queries / a.concurrency) * windows
     result = {"dataset": a.dataset, "queries": queries, "calls": calls, "latency_s": a.latency,
               "concurrency": a.concurrency, "bound_s": round(bound, 3), "rerank_stage_s": round(stage["seconds"], 3),
               "ratio": round(stage["seconds"] / bound, 3), "command_wall_s": round(wall, 3),
+              "mean_round_trip_s": round(round_trip, 4),
+              "overhead_per_step_s": round((stage["seconds"] - bound) / steps, 4),
               "ndcg@10": round(doc["metrics"]["nDCG@10"], 4), "target_ratio": a.target,
               "pass": stage["seconds"] <= a.target * bound}
     if a.json:
@@ -72,6 +79,8 @@ def main(argv=None) -> int:
               f"rerank stage {stage['seconds']:.2f} s = {result['ratio']:.3f} x bound "
               f"({'PASS' if result['pass'] else 'FAIL'} at <= {a.target}x); whole command {wall:.2f} s; "
               f"nDCG@10 {result['ndcg@10']}")
+        print(f"mean call round trip {round_trip * 1000:.1f} ms; overhead per sequential step "
+              f"{result['overhead_per_step_s'] * 1000:.1f} ms")
     return 0 if result["pass"] else 1
 
 
