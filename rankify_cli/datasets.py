@@ -17,7 +17,7 @@ from typing import Iterator
 from . import formats
 from .catalog import CATALOG, Entry
 from .errors import ConfigError, InputError
-from .types import Candidate, Document, Qrels, Query, Run
+from .types import Document, Qrels, Query, Run
 
 
 def cache_root() -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rankify_cli.errors import ConfigError, DependencyError
+from rankify_cli import model_ids
 from rankify_cli.faults import crashpoint
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
@@ -99,43 +100,8 @@ def offline_error(model: str, family: str, reason: str = "") -> DependencyError:
     return DependencyError(msg + (f" [{reason}]" if reason else ""))
 
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".msgpack", ".h5")
-
-
-def folder_fingerprint(folder: str) -> str:
-    """Hash of config/tokenizer file contents plus weight file names, sizes and mtimes."""
-    h = hashlib.sha256()
-    root = Path(folder)
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not any(
-            part.startswith(".") for part in p.relative_to(root).parts)):
-        rel = path.relative_to(root).as_posix()
-        st = path.stat()
-        h.update(rel.encode())
-        if path.suffix in _WEIGHT_SUFFIXES or st.st_size > 4_000_000:
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        else:  # small files (config, tokenizer, template): their bytes
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return "dir:" + h.hexdigest()[:16]
-
-
-def hub_fingerprint(model: str, revision: str | None) -> str:
-    """The commit of the cached snapshot of a hub id when it can be found, else the id."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(model, "config.json", revision=revision)
-        if isinstance(path, str):
-            parts = Path(path).parts
-            if "snapshots" in parts:
-                return f"hub:{model}@{parts[parts.index('snapshots') + 1]}"
-    except Exception:  # no huggingface_hub, odd cache layout: fall back to the id
-        pass
-    return f"hub:{model}@{revision or 'main'}"
-
-
 def model_fingerprint(model: str, revision: str | None) -> str:
-    folder = local_folder(model)
-    return folder_fingerprint(folder) if folder else hub_fingerprint(model, revision)
+    return model_ids.model_fingerprint(model, revision, local_folder(model))
 
 
 def load_once(key: tuple, loader: Callable[[], Any], model: str, family: str) -> Any:

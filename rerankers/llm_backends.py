@@ -40,6 +40,7 @@ from typing import Any, Callable, Generator, Sequence
 from urllib.parse import urlsplit
 
 from rankify_cli.errors import ConfigError, DependencyError, RankifyError
+from rankify_cli.model_ids import folder_fingerprint
 from rankify_cli.types import Candidate, Query, StageContext, fingerprint
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -338,18 +339,6 @@ _HF_MODELS: dict[tuple, Any] = {}
 _HF_LOCK = threading.Lock()
 
 
-def _folder_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(x for x in folder.iterdir() if x.is_file()):
-        st = p.stat()
-        h.update(p.name.encode())
-        if st.st_size < 4_000_000:
-            h.update(p.read_bytes())
-        else:
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 class HFChat(ChatBackend):
     """Local transformers causal LM: chat template, left padding, batched greedy decoding."""
 
@@ -374,7 +363,7 @@ class HFChat(ChatBackend):
         if self.gguf_file:
             ident["gguf_file"] = self.gguf_file
         if self.folder is not None:
-            ident["model"] = f"dir:{_folder_fingerprint(self.folder)}"
+            ident["model"] = folder_fingerprint(self.folder)
         return ident
 
     def load(self):

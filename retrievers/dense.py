@@ -16,7 +16,6 @@ document_prefix, search (auto|numpy|faiss), device, revision.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from rankify_cli.errors import ConfigError, DependencyError
+from rankify_cli.errors import DependencyError
 from rankify_cli.formats import atomic_dir
+from rankify_cli.model_ids import model_fingerprint
 from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageContext, fingerprint
 
 CACHE_FORMAT = 1
@@ -47,49 +47,6 @@ def _require_torch():
     import torch
 
     return torch
-
-
-def _file_digest(path: Path, sample_above: int = 512 << 20) -> str:
-    """sha256 of a file's bytes; files above `sample_above` hash their size plus 3 x 4 MiB slices."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size <= sample_above:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        else:
-            h.update(str(size).encode())
-            for off in (0, size // 2, max(size - (4 << 20), 0)):
-                f.seek(off)
-                h.update(f.read(4 << 20))
-    return h.hexdigest()
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """Content hash of a model folder (config, tokenizer and weights), independent of mtimes."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") or part == "__pycache__"
-                                   for part in p.relative_to(folder).parts)):
-        if path.suffix in (".py", ".pyc", ".md"):
-            continue
-        h.update(path.relative_to(folder).as_posix().encode())
-        h.update(_file_digest(path).encode())
-    return "dir:" + h.hexdigest()[:20]
-
-
-def hub_fingerprint(model: str, revision: str | None) -> str:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(model, "config.json", revision=revision)
-        if isinstance(path, str):
-            parts = Path(path).parts
-            if "snapshots" in parts:
-                return f"hub:{model}@{parts[parts.index('snapshots') + 1]}"
-    except Exception:
-        pass
-    return f"hub:{model}@{revision or 'main'}"
 
 
 class Dense(Retriever):
@@ -158,7 +115,7 @@ class Dense(Retriever):
                 "pooling": "model" if backend == "sentence-transformers" else
                 ("mean" if self.pooling_opt == "auto" else self.pooling_opt),
                 "max_length": max_length or 512,
-                "model_fingerprint": folder_fingerprint(folder) if folder else hub_fingerprint(self.model, self.revision),
+                "model_fingerprint": model_fingerprint(self.model, self.revision, folder),
             }
         return self._resolved
 

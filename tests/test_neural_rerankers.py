@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import subprocess
 import sys
@@ -509,7 +508,7 @@ def test_rerun_reads_the_cache_and_runs_no_model(tmp_path, bert_cross_encoders, 
 def test_changed_model_folder_invalidates_the_cache(tmp_path, bert_cross_encoders):
     import shutil
 
-    from rankify_cli.rerankers.base import folder_fingerprint
+    from rankify_cli.model_ids import folder_fingerprint
 
     src = bert_cross_encoders[2]
     copy = tmp_path / "model"
