@@ -32,6 +32,7 @@ def test_two_runs_write_the_same_results_folder_at_once(tmp_path, data_dir):
 UPSERTS = """
 import sys
 from pathlib import Path
+from rankify_cli.results import upsert_leaderboard
 path, writer = Path(sys.argv[1]), sys.argv[2]
 for i in range(40):
     upsert_leaderboard(path, {"dataset": f"ds{i % 5}", "pipeline": f"writer{writer}", "nDCG@10": f"0.{i:04d}"})
