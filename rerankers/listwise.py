@@ -6,7 +6,10 @@ the best passages bubble to the top. Parsing follows rank_llm: keep the text aft
 think tag, normalise unusual digits, read the numbers, map to 0-based ids, drop duplicates
 (first wins) and out-of-range ids, append the missing ones in their previous order; when
 nothing parses, the window keeps its order (counted as a parse failure and a fallback).
-Final scores follow rank (score = -rank).
+
+Scores follow rank_llm: the passage placed at position j takes the j-th first-stage score
+(`scores=position`, monotone), so the evaluator orders tied first-stage scores by doc id as it
+does with rank_llm's runs; `scores=rank` writes -rank and keeps the model's order under ties.
 """
 
 from __future__ import annotations
@@ -76,7 +79,11 @@ class Listwise(LLMRerankerBase, Reranker):
                  top_p: float | None = None, seed: int | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_words: int | None = None,
-                 cache: bool = True):
+                 scores: str = "position", cache: bool = True):
+        if scores not in ("position", "rank"):
+            raise ValueError(f"scores must be position (rank_llm: the first-stage score of the place) or rank, "
+                             f"got '{scores}'")
+        self.scores = scores
         if int(window) < 2 or int(stride) < 1 or int(stride) > int(window):
             raise ValueError(f"need window >= 2 and 1 <= stride <= window (got {window}, {stride})")
         self.window, self.stride = int(window), int(stride)
@@ -87,7 +94,7 @@ class Listwise(LLMRerankerBase, Reranker):
 
     def config(self) -> dict:
         return {"family": "listwise", **self.backend.identity(), **self._template_config(), "window": self.window,
-                "stride": self.stride, "doc_max_words": self.doc_max_words, **self._decoding_config()}
+                "stride": self.stride, "doc_max_words": self.doc_max_words, "scores": self.scores, **self._decoding_config()}
 
     # -- prompt --------------------------------------------------------------------------
     def _content(self, text: str) -> str:
@@ -129,7 +136,10 @@ class Listwise(LLMRerankerBase, Reranker):
             elif status == "repaired":
                 caller.count(query.id, repaired=1)
             order[start:end] = [win[i] for i in perm]
-        return [Candidate(c.doc_id, -float(r), c.text) for r, c in enumerate(order, 1)]
+        if self.scores == "rank":
+            return [Candidate(c.doc_id, -float(r), c.text) for r, c in enumerate(order, 1)]
+        places = sorted((c.score for c in cands), reverse=True)
+        return [Candidate(c.doc_id, s, c.text) for s, c in zip(places, order)]
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)

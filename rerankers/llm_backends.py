@@ -243,7 +243,9 @@ class HTTPClient:
                     last, retry_after = f"HTTP {status} from {base}", headers.get("retry-after")
                 else:
                     text = data.decode("utf-8", "replace")[:300].replace("\n", " ")
-                    raise BackendError(f"{base}{path} answered HTTP {status}: {text}")
+                    hint = " (the request is too large for this server: lower batch_size or the text length)" \
+                        if status == 413 else ""
+                    raise BackendError(f"{base}{path} answered HTTP {status}{hint}: {text}")
             if attempt < self.max_retries:
                 self._sleep(attempt, retry_after)
         raise BackendError(f"{path} failed after {self.max_retries + 1} attempts (last: {last}); "

@@ -4,7 +4,7 @@ vLLM (`vllm serve --task score`), Infinity, Jina and Cohere take `{"model", "que
 "documents"}` and answer `{"results": [{"index", "relevance_score"}]}`; Hugging Face TEI takes
 `{"query", "texts"}` and answers `[{"index", "score"}]`. `protocol=cohere` (default) or `tei`
 picks the request shape; both answer shapes are read. One request per query (or per
-`batch_size` documents), queries in parallel up to `concurrency`, with the same timeouts,
+`batch_size` documents: 100 by default, 32 for TEI, its default client batch limit), queries in parallel up to `concurrency`, with the same timeouts,
 retries, round robin over base URLs, call log and cache as the chat backends.
 
 Spec: `rerank-api:MODEL?base_url=http://HOST:PORT` (the path `/rerank` is appended; give
@@ -53,7 +53,7 @@ def read_scores(data, n: int) -> list[float] | None:
 class RerankAPI(Reranker):
     def __init__(self, model: str = "", base_url: str | None = None, protocol: str = "cohere",
                  api_key_env: str | None = None, concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6,
-                 backoff: float = 0.5, batch_size: int = 100, max_chars: int | None = None, log_calls: str | None = None,
+                 backoff: float = 0.5, batch_size: int | None = None, max_chars: int | None = None, log_calls: str | None = None,
                  cache: bool = True):
         if protocol not in ("cohere", "tei"):
             raise ValueError(f"protocol must be cohere (vLLM, Infinity, Jina) or tei, got '{protocol}'")
@@ -62,7 +62,9 @@ class RerankAPI(Reranker):
             raise ConfigError("rerank-api needs a server: rerank-api:MODEL?base_url=http://HOST:PORT")
         self.model, self.protocol = model, protocol
         self.client = HTTPClient(urls, api_key_env, timeout, max_retries, backoff)
-        self.concurrency, self.batch_size = max(1, int(concurrency)), max(1, int(batch_size))
+        # TEI refuses more than 32 texts per request unless started with --max-client-batch-size
+        self.concurrency = max(1, int(concurrency))
+        self.batch_size = max(1, int(batch_size)) if batch_size else (32 if protocol == "tei" else 100)
         self.max_chars = int(max_chars) if max_chars else None
         self.log = CallLog(log_calls)
         self.use_cache = bool(cache)

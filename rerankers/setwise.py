@@ -21,9 +21,17 @@ from rankify_cli.types import Candidate, Query, Reranker, StageContext
 from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 
-def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: bool = True) -> int | None:
+def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: bool = True,
+                after: str | None = "</think>") -> int | None:
+    """Index of the label the answer names, or None. With a closing think tag only the text
+    after the last one counts (upstream's pattern needs the answer after the reasoning), so an
+    answer tag quoted inside the reasoning cannot win."""
     response = response[-MAX_PARSED_CHARS:]  # answers sit at the end; bounds regex work on huge outputs
     text = response.lower() if lowercase else response
+    if after:
+        tag = after.lower() if lowercase else after
+        if tag in text:
+            text = text[text.rindex(tag):]  # keep the tag: templates may match on it
     m = re.search(pattern, text, re.DOTALL)
     if not m:
         return None
@@ -74,13 +82,14 @@ class Setwise(LLMRerankerBase, Reranker):
         parser = self.template.get("parser") or {}
         pattern = parser.get("pattern", r"<answer>(.*?)</answer>")
         lowercase = parser.get("lowercase", True)
+        after = parser.get("after", "</think>")
         nc = self.num_child
 
         def compare(inds: list[int]):
             docs = [arr[i] for i in inds]
             labels = [f"[{i}]" for i in range(1, len(docs) + 1)]
             (resp,) = yield [self._request(self.messages(qtext, [texts[d] for d in docs]))]
-            best = parse_label(resp.text, labels, pattern, lowercase)
+            best = parse_label(resp.text, labels, pattern, lowercase, after)
             if best is None:
                 caller.count(query.id, parse_failures=1, fallbacks=1)
                 best = min(range(len(docs)), key=lambda j: docs[j])  # best first-stage rank wins

@@ -8,6 +8,7 @@ Modes:
   /rerank). A reranker fed by it must reach the ideal nDCG@10 of its candidates.
 * garbage — every answer is unusable for the paradigm asking: malformed permutations,
   labels that were never shown, broken JSON, empty text.
+In the TEI shape, more than 32 texts per request get TEI's HTTP 413, as a default TEI does.
 Faults (any mode): `fault_rate` of the requests get HTTP 500, HTTP 429, a stall past the
 client's timeout, or a dropped connection. `latency` delays every answer.
 
@@ -33,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 SIG_WORDS = 12
+TEI_MAX_BATCH = 32  # text-embeddings-inference's default --max-client-batch-size
 _LABEL = re.compile(r"(?m)^\[(\d+)\]\.? ")
 
 GARBAGE = {
@@ -268,6 +270,11 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             self._send(400, {"error": "invalid JSON"})
+            return
+        if "rerank" in path and isinstance(body, dict) and len(body.get("texts") or []) > TEI_MAX_BATCH:
+            # TEI's answer to a batch over its --max-client-batch-size (a Validation error, 413)
+            self._send(413, {"error": f"batch size {len(body['texts'])} > maximum allowed batch size {TEI_MAX_BATCH}",
+                             "error_type": "Validation"})
             return
         with st.lock:
             st.requests += 1

@@ -27,9 +27,10 @@ from llm_server import GARBAGE, LLMServer, Oracle, load_trec_dl  # noqa: E402
 from rankify_cli import registry  # noqa: E402
 from rankify_cli.errors import ConfigError  # noqa: E402
 from rankify_cli.rerankers.groupwise import minmax, parse_group_scores  # noqa: E402
+from rankify_cli.rerankers.llm_backends import ChatResponse  # noqa: E402
 from rankify_cli.rerankers.listwise import Listwise, parse_permutation, replace_bracket_numbers, sliding_windows  # noqa: E402
 from rankify_cli.rerankers.setwise import parse_label  # noqa: E402
-from rankify_cli.types import Candidate, Query, StageContext  # noqa: E402
+from rankify_cli.types import Candidate, Query, StageContext, sort_candidates  # noqa: E402
 
 BM25_DL19 = 0.5058
 IDEAL_DL19 = 0.8922
@@ -117,6 +118,10 @@ def test_setwise_and_groupwise_parsers():
     labels = ["[1]", "[2]", "[3]"]
     assert parse_label("<think>x</think> <answer>[3]</answer>", labels, pat) == 2
     assert parse_label("<ANSWER>[2]</ANSWER>", labels, pat) == 1
+    # an answer tag quoted inside the reasoning does not win over the one after it
+    assert parse_label("<think>maybe <answer>[1]</answer>?</think> <answer>[3]</answer>", labels, pat) == 2
+    assert parse_label("maybe <answer>[1]</answer>, no.</think> <answer>[2]</answer>", labels, pat) == 1
+    assert parse_label("<think>x <answer>[1]</answer></think>", labels, pat) is None
     for bad in GARBAGE["setwise"]:
         assert parse_label(bad, labels, pat) is None, bad
     assert parse_group_scores('<reason>r</reason><answer>```json\n{"[1]": 5, "[2]]": 3\n```</answer>') == {"[1]": 5, "[2]": 3}
@@ -140,6 +145,34 @@ def test_prompts_follow_the_templates():
     assert system["content"].startswith("You are RankLLM")
     assert "search query: q.\n[1] a\n[2] b\nSearch Query: q." in user["content"]
     assert replace_bracket_numbers("[12] and [x]") == "(12) and [x]"
+
+
+def _finish_plan(reranker, cands, answer):
+    """Run a one-window plan with a given model answer; the reranked list."""
+    class Counts:
+        def count(self, *_a, **_k):
+            pass
+
+    gen = reranker._plan(Counts(), Query("q", "query"), cands)
+    next(gen)
+    with pytest.raises(StopIteration) as stop:
+        gen.send([ChatResponse(answer)])
+    return stop.value.value
+
+
+def test_listwise_scores_are_the_places_first_stage_scores_like_rank_llm():
+    cands = [Candidate("a", 9.0, "alpha"), Candidate("b", 5.0, "beta"), Candidate("c", 5.0, "gamma"),
+             Candidate("d", 1.0, "delta")]
+    url = "http://127.0.0.1:9/v1"
+    answer = "[4] > [1] > [2] > [3]"
+    out = _finish_plan(Listwise("m", backend="openai", base_url=url), cands, answer)
+    assert [(c.doc_id, c.score) for c in out] == [("d", 9.0), ("a", 5.0), ("b", 5.0), ("c", 1.0)]
+    # tied places are ordered by doc id, descending, as trec_eval orders rank_llm's runs
+    assert [c.doc_id for c in sort_candidates(out)] == ["d", "b", "a", "c"]
+    out = _finish_plan(Listwise("m", backend="openai", base_url=url, scores="rank"), cands, answer)
+    assert [(c.doc_id, c.score) for c in out] == [("d", -1.0), ("a", -2.0), ("b", -3.0), ("c", -4.0)]
+    with pytest.raises(ValueError, match="scores must be"):
+        Listwise("m", backend="openai", base_url=url, scores="logits")
 
 
 def test_specs_options_and_errors(monkeypatch):
@@ -209,14 +242,26 @@ def test_rerank_api_oracle_and_garbage(protocol, cli, tmp_path, dl19, ideal_ndcg
     spec = "rerank-api:scorer?base_url={root}&protocol=" + protocol
     with LLMServer(dl19[2], mode="oracle") as srv:
         doc, _, stats = run_cli(cli, tmp_path, spec.format(root=srv.root), tmp_path / "c1")
-        assert srv.stats()["answered"] == 43
+        calls = 43 if protocol == "cohere" else 43 * 4  # TEI: 100 documents in requests of 32
+        assert srv.stats()["answered"] == calls
     assert doc["metrics"]["nDCG@10"] == pytest.approx(ideal_ndcg, abs=1e-9)
-    assert stats["rerank_api_calls"] == 43
+    assert stats["rerank_api_calls"] == calls
     with LLMServer(dl19[2], mode="garbage") as srv:
         doc, out, stats = run_cli(cli, tmp_path, spec.format(root=srv.root), tmp_path / "c2")
     assert doc["metrics"]["nDCG@10"] == pytest.approx(doc["stages"][0]["metrics"]["nDCG@10"], abs=1e-12)
     assert stats["rerank_api_fallbacks"] == 43
     assert ranking(out / "stage2.run") == ranking(out / "stage1.run")
+
+
+def test_rerank_api_batch_over_the_servers_limit_is_one_clear_line(cli, tmp_path, dl19):
+    with LLMServer(dl19[2], mode="oracle") as srv:
+        res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "res"), "-q", "--reranker",
+                  f"rerank-api:scorer?base_url={srv.root}&protocol=tei&batch_size=100",
+                  env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    lines = res.err.strip().splitlines()
+    assert res.code == 2 and len(lines) == 1, res
+    assert "HTTP 413" in lines[0] and "lower batch_size" in lines[0] and "Traceback" not in res.err
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("metrics.json"))
 
 
 @pytest.mark.parametrize("paradigm", ["listwise", "setwise", "groupwise"])
