@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+from rankify_cli.errors import DependencyError
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
 from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
@@ -25,6 +26,21 @@ _FANCY_DIGITS = str.maketrans(
     "⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉①②③④⑤⑥⑦⑧⑨❶❷❸❹❺❻❼❽❾０１２３４５６７８９🄀🄁🄂🄃🄄🄅🄆🄇🄈🄉",
     "0123456789012345678912345678912345678901234567890123456789",
 )
+
+
+# Printable ASCII without '&' (HTML entities), '\r' or control characters: nothing any ftfy
+# fix touches, and three passages in four of MS MARCO; skipping ftfy there saves its cost.
+_NOTHING_TO_FIX = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*\Z")
+
+
+def _fix_text(text: str) -> str:
+    if _NOTHING_TO_FIX.match(text):
+        return text
+    try:
+        from ftfy import fix_text
+    except ImportError:
+        raise DependencyError("this listwise template repairs text with ftfy, as rank_llm does: pip install ftfy") from None
+    return fix_text(text)
 
 
 def replace_bracket_numbers(text: str) -> str:
@@ -79,7 +95,7 @@ class Listwise(LLMRerankerBase, Reranker):
                  top_p: float | None = None, seed: int | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_words: int | None = None,
-                 scores: str = "position", cache: bool = True):
+                 scores: str = "position", context_size: int | None = None, cache: bool = True):
         if scores not in ("position", "rank"):
             raise ValueError(f"scores must be position (rank_llm: the first-stage score of the place) or rank, "
                              f"got '{scores}'")
@@ -91,15 +107,53 @@ class Listwise(LLMRerankerBase, Reranker):
                            backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
                            batch_size, gguf_file, tokenizer, cache)
         self.doc_max_words = int(doc_max_words or self.template.get("doc_max_words", 300))
+        # rank_llm cuts passages further until the prompt fits the model's context (4096 for
+        # RankZephyr) minus the answer; that needs the model's tokenizer: always there with hf,
+        # with openai only when tokenizer= names one. 0 turns it off.
+        ctx = context_size if context_size is not None else self.template.get("context_size", 0)
+        self.context_size = int(ctx or 0)
+        if self.context_size < 0:
+            raise ValueError(f"context_size must be >= 0 (0: no fitting), got {context_size}")
+        self.fix_text = bool(self.template.get("fix_text", False))
 
     def config(self) -> dict:
         return {"family": "listwise", **self.backend.identity(), **self._template_config(), "window": self.window,
-                "stride": self.stride, "doc_max_words": self.doc_max_words, "scores": self.scores, **self._decoding_config()}
+                "stride": self.stride, "doc_max_words": self.doc_max_words, "scores": self.scores,
+                "context_size": self.context_size if self._fits_context() else None, **self._decoding_config()}
+
+    def _fits_context(self) -> bool:
+        return bool(self.context_size) and (self.backend_kind == "hf" or bool(self.backend.tokenizer_name))
 
     # -- prompt --------------------------------------------------------------------------
-    def _content(self, text: str) -> str:
-        content = " ".join(text.strip().split()[: self.doc_max_words])
+    def _words(self, text: str) -> list[str]:
+        """A passage as rank_llm prepares it before cutting: stripped, mojibake and odd
+        characters repaired with ftfy when the template asks (rank_llm's templates do)."""
+        text = text.strip()
+        return (_fix_text(text) if self.fix_text else text).split()
+
+    def _content(self, text: str | list[str], max_words: float | None = None) -> str:
+        words = self._words(text) if isinstance(text, str) else text
+        content = " ".join(words[: int(max_words if max_words is not None else self.doc_max_words)])
         return replace_bracket_numbers(content) if self.template.get("replace_bracket_numbers", True) else content
+
+    def window_messages(self, query: str, passages: list[list[str]]) -> tuple[list[dict], bool]:
+        """The window's prompt; with a context size and a tokenizer, passages shrink as in
+        rank_llm until prompt + answer fit. (messages, whether passages were cut to fit)."""
+        max_words = float(self.doc_max_words)
+        msgs = self.messages(query, [self._content(p, max_words) for p in passages])
+        if not self._fits_context() or not passages:
+            return msgs, False
+        answer = " > ".join(f"[{i}]" for i in range(1, len(passages) + 1))
+        budget = self.context_size - (self.backend.text_tokens(answer) - 1)  # rank_llm: minus one special token
+        cut = False
+        while max_words > 1:
+            used = self.backend.prompt_tokens(msgs)
+            if used is None or used <= budget:
+                break
+            max_words -= max(1, (used - budget) // (len(passages) * 4))
+            msgs = self.messages(query, [self._content(p, max(max_words, 1)) for p in passages])
+            cut = True
+        return msgs, cut
 
     def messages(self, query: str, passages: Sequence[str]) -> list[dict]:
         t = self.template
@@ -125,11 +179,18 @@ class Listwise(LLMRerankerBase, Reranker):
     # -- plan ------------------------------------------------------------------------------
     def _plan(self, caller, query: Query, cands: list[Candidate]) -> Plan:
         order = list(cands)
-        contents = {id(c): self._content(c.text) for c in cands}
+        words: dict[int, list[str]] = {}  # prepared when a window first needs them: overlaps other queries' calls
+        qtext = _fix_text(query.text) if self.fix_text else query.text
         after = (self.template.get("parser") or {}).get("after", "</think>")
         for start, end in sliding_windows(len(order), self.window, self.stride):
             win = order[start:end]
-            (resp,) = yield [self._request(self.messages(query.text, [contents[id(c)] for c in win]))]
+            for c in win:
+                if id(c) not in words:
+                    words[id(c)] = self._words(c.text)
+            msgs, cut = self.window_messages(qtext, [words[id(c)] for c in win])
+            if cut:
+                caller.count(query.id, context_cuts=1)
+            (resp,) = yield [self._request(msgs)]
             perm, status = parse_permutation(resp.text, len(win), after)
             if status == "failed":
                 caller.count(query.id, parse_failures=1, fallbacks=1)
@@ -143,4 +204,6 @@ class Listwise(LLMRerankerBase, Reranker):
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)
+        if self.fix_text:
+            _fix_text("\u00e9")  # import ftfy here, not in 16 query threads queued on the import lock
         return drive(items, lambda q, c: self._plan(caller, q, c), caller, ctx, self.concurrency)

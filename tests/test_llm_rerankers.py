@@ -145,6 +145,13 @@ def test_prompts_follow_the_templates():
     assert system["content"].startswith("You are RankLLM")
     assert "search query: q.\n[1] a\n[2] b\nSearch Query: q." in user["content"]
     assert replace_bracket_numbers("[12] and [x]") == "(12) and [x]"
+    from ftfy import fix_text
+
+    from rankify_cli.rerankers.listwise import _fix_text
+    for text in ["plain ascii, 100% ~ok~", "a &amp; b", "line\r\nbreak", "bell\x07", "caf\u00c3\u00a9", "\u201cq\u201d"]:
+        assert _fix_text(text) == fix_text(text), text  # the ASCII shortcut changes nothing
+    # rank_llm repairs passages with ftfy before cutting them: mojibake and ligatures
+    assert zp._content("Legal Pro\u00ef\u00ac\u0081le, up to \u00c2\u00bc-inch [3]") == "Legal Profile, up to \u00bc-inch (3)"
 
 
 def _finish_plan(reranker, cands, answer):
