@@ -101,19 +101,27 @@ def _queries_to_run(ds: Dataset, warnings: list[str]) -> list[Query]:
     return judged
 
 
-def _fill_text(ds: Dataset, run: Run, spec: str) -> None:
+def _fill_text(ds: Dataset, run: Run, spec: str, titles: bool = False) -> None:
+    """Give every candidate its text from the corpus (and its title, for rerankers that
+    format titles themselves, such as rank_llm's 'Title: ... Content: ...')."""
     missing = [c for cands in run.values() for c in cands if not c.text]
-    if not missing:
-        return
-    if not ds.has_corpus():
+    if missing and not ds.has_corpus():
         raise InputError(f"candidates have no text and dataset '{ds.name}' has no corpus, so '{spec}' cannot rerank them",
                          ds.root)
+    if not missing and not (titles and ds.has_corpus()):
+        return
     by_id = ds.corpus().by_id
     for c in missing:
         doc = by_id.get(c.doc_id)
         if doc is None:
             raise InputError(f"candidate '{c.doc_id}' is not in the corpus of '{ds.name}'", ds.corpus_path)
         c.text = doc.full_text
+    if titles:
+        for cands in run.values():
+            for c in cands:
+                doc = by_id.get(c.doc_id)
+                if doc is not None and doc.title and c.text == doc.full_text:
+                    c.title = doc.title
 
 
 def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str | None = None, store=None,
@@ -151,7 +159,7 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
     for rr in pipeline.rerankers:
         heads = {qid: [Candidate(c.doc_id, c.score, c.text) for c in cands[: pipeline.top_k]]
                  for qid, cands in run.items() if cands}
-        _fill_text(ds, heads, rr.spec)
+        _fill_text(ds, heads, rr.spec, titles=bool(getattr(rr, "wants_titles", False)))
         items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
         ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
         with progress(f"rerank {rr.spec}", len(items)) as advance:

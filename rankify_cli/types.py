@@ -41,6 +41,14 @@ class Candidate:
     doc_id: str
     score: float
     text: str = ""
+    title: str = ""  # filled only for rerankers that format titles themselves (`wants_titles`)
+
+    @property
+    def body(self) -> str:
+        """The text without its leading title (`text` is Document.full_text: title, space, body)."""
+        if self.title and self.text.startswith(self.title + " "):
+            return self.text[len(self.title) + 1:]
+        return "" if self.title and self.text == self.title else self.text
 
 
 Run = dict[str, list[Candidate]]

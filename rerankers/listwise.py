@@ -125,9 +125,17 @@ class Listwise(LLMRerankerBase, Reranker):
         return bool(self.context_size) and (self.backend_kind == "hf" or bool(self.backend.tokenizer_name))
 
     # -- prompt --------------------------------------------------------------------------
-    def _words(self, text: str) -> list[str]:
-        """A passage as rank_llm prepares it before cutting: stripped, mojibake and odd
-        characters repaired with ftfy when the template asks (rank_llm's templates do)."""
+    @property
+    def wants_titles(self) -> bool:
+        """The pipeline hands over titles apart (Candidate.title) when the template formats them."""
+        return bool(self.template.get("title_format"))
+
+    def _words(self, text: str, title: str = "") -> list[str]:
+        """A passage as rank_llm prepares it before cutting: 'Title: t Content: body' when the
+        document has a title, stripped, mojibake and odd characters repaired with ftfy when the
+        template asks (rank_llm's templates do)."""
+        if title and self.wants_titles:
+            text = self.template["title_format"].format(title=title, text=text)
         text = text.strip()
         return (_fix_text(text) if self.fix_text else text).split()
 
@@ -186,7 +194,7 @@ class Listwise(LLMRerankerBase, Reranker):
             win = order[start:end]
             for c in win:
                 if id(c) not in words:
-                    words[id(c)] = self._words(c.text)
+                    words[id(c)] = self._words(c.body, c.title) if c.title else self._words(c.text)
             msgs, cut = self.window_messages(qtext, [words[id(c)] for c in win])
             if cut:
                 caller.count(query.id, context_cuts=1)

@@ -79,7 +79,7 @@ def load_template(name: str, paradigm: str) -> tuple[str, dict]:
 
 # What each paradigm's code fills into its templates; the first ones must appear somewhere.
 PLACEHOLDERS = {
-    "listwise": (("query", "candidate"), {"query", "num", "rank", "candidate"}),
+    "listwise": (("query", "candidate"), {"query", "num", "rank", "candidate", "title", "text"}),
     "setwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
     "groupwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
 }

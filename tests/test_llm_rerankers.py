@@ -11,6 +11,7 @@ repeated (counted at the server).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -331,3 +332,56 @@ def test_killed_run_resumes_without_repeating_calls(cli, tmp_path, dl19):
     assert stats["llm_calls"] == second["answered"] and stats["llm_cache_hits"] >= first["answered"] - concurrency
     assert same_run(out / "stage2.run", clean / "stage2.run")
 
+
+
+def test_candidate_body_is_the_text_without_its_title():
+    assert Candidate("d", 1.0, "A title the body", "A title").body == "the body"
+    assert Candidate("d", 1.0, "A title", "A title").body == ""
+    assert Candidate("d", 1.0, "other text", "A title").body == "other text"
+    assert Candidate("d", 1.0, "plain").body == "plain"
+
+
+def test_listwise_gives_beir_titles_as_rank_llm_does(cli, tmp_path):
+    """rank_llm writes a BEIR document as 'Title: t Content: body'; a passage without a title
+    (MS MARCO) stays as it is, and other families keep reading title + body as one text."""
+    from conftest import DATA
+
+    src = DATA / "beir" / "scifact"
+    queries = [json.loads(x) for x in (src / "queries.jsonl").read_text().splitlines() if x.strip()][:3]
+    docs = []
+    with gzip.open(src / "corpus.jsonl.gz", "rt") as f:
+        for i, line in enumerate(f):
+            if i >= 60:
+                break
+            docs.append(json.loads(line))
+    docs[1]["title"] = ""  # one untitled document, which the first query finds
+    docs[1]["text"] = queries[0]["text"] + " " + docs[1]["text"]
+    root = tmp_path / "scifact-mini"
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q['_id']}\t{docs[0]['_id']}\t1\n" for q in queries))
+    log = tmp_path / "calls.jsonl"
+    with LLMServer(None, mode="garbage") as srv:
+        res = cli("run", "-d", str(root), "-r", "bm25", "--depth", "60", "-k", "60", "-o", str(tmp_path / "res"),
+                  "-q", "--json", "--reranker", f"listwise:m?backend=openai&base_url={srv.url}&log_calls={log}",
+                  env={"RANKIFY_CACHE_DIR": str(tmp_path / "cache")})
+    assert res.code == 0, res
+    by_title = {d["title"]: d for d in docs if d["title"]}
+    seen_untitled = seen_titled = 0
+    for rec in map(json.loads, log.read_text().splitlines()):
+        for line in rec["messages"][-1]["content"].splitlines():
+            if not line.startswith("[") or "]" not in line[:5]:
+                continue
+            passage = line.split("] ", 1)[1]
+            if passage.startswith("Title: "):
+                title = passage[len("Title: "):].split(" Content: ")[0]
+                assert title in by_title and " Content: " in passage
+                body = by_title[title]["text"].split()
+                assert passage.split(" Content: ", 1)[1].split()[:5] == body[:5]
+                seen_titled += 1
+            else:
+                assert passage.split()[:5] == docs[1]["text"].split()[:5], passage[:80]
+                seen_untitled += 1
+    assert seen_titled >= 20 and seen_untitled >= 1
