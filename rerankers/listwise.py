@@ -95,7 +95,8 @@ class Listwise(LLMRerankerBase, Reranker):
                  top_p: float | None = None, seed: int | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_words: int | None = None,
-                 scores: str = "position", context_size: int | None = None, cache: bool = True):
+                 scores: str = "position", context_size: int | None = None, exact_answer: bool | None = None,
+                 cache: bool = True):
         if scores not in ("position", "rank"):
             raise ValueError(f"scores must be position (rank_llm: the first-stage score of the place) or rank, "
                              f"got '{scores}'")
@@ -115,11 +116,21 @@ class Listwise(LLMRerankerBase, Reranker):
         if self.context_size < 0:
             raise ValueError(f"context_size must be >= 0 (0: no fitting), got {context_size}")
         self.fix_text = bool(self.template.get("fix_text", False))
+        # rank_llm decodes exactly as many tokens as a full permutation takes (min = max). Over
+        # HTTP that needs the vLLM/SGLang `min_tokens` extension and a tokenizer to count, so
+        # it is on there only when asked.
+        if exact_answer is None:
+            exact_answer = bool(self.template.get("exact_answer", False)) and self.backend_kind == "hf"
+        self.exact_answer = bool(exact_answer)
+        if self.exact_answer and self.backend_kind != "hf" and not self.backend.tokenizer_name:
+            raise ValueError("exact_answer with backend=openai needs tokenizer=HF_ID to count the answer's tokens")
+        self._answer_len: dict[int, int] = {}
 
     def config(self) -> dict:
         return {"family": "listwise", **self.backend.identity(), **self._template_config(), "window": self.window,
                 "stride": self.stride, "doc_max_words": self.doc_max_words, "scores": self.scores,
-                "context_size": self.context_size if self._fits_context() else None, **self._decoding_config()}
+                "context_size": self.context_size if self._fits_context() else None,
+                "exact_answer": self.exact_answer, **self._decoding_config()}
 
     def _fits_context(self) -> bool:
         return bool(self.context_size) and (self.backend_kind == "hf" or bool(self.backend.tokenizer_name))
@@ -144,6 +155,14 @@ class Listwise(LLMRerankerBase, Reranker):
         content = " ".join(words[: int(max_words if max_words is not None else self.doc_max_words)])
         return replace_bracket_numbers(content) if self.template.get("replace_bracket_numbers", True) else content
 
+    def answer_tokens(self, n: int) -> int:
+        """Tokens of a full answer '[1] > [2] > ... > [n]', counted as rank_llm counts them
+        (encode, minus one for the start token)."""
+        if n not in self._answer_len:
+            answer = " > ".join(f"[{i}]" for i in range(1, n + 1))
+            self._answer_len[n] = max(1, self.backend.text_tokens(answer) - 1)
+        return self._answer_len[n]
+
     def window_messages(self, query: str, passages: list[list[str]]) -> tuple[list[dict], bool]:
         """The window's prompt; with a context size and a tokenizer, passages shrink as in
         rank_llm until prompt + answer fit. (messages, whether passages were cut to fit)."""
@@ -151,8 +170,7 @@ class Listwise(LLMRerankerBase, Reranker):
         msgs = self.messages(query, [self._content(p, max_words) for p in passages])
         if not self._fits_context() or not passages:
             return msgs, False
-        answer = " > ".join(f"[{i}]" for i in range(1, len(passages) + 1))
-        budget = self.context_size - (self.backend.text_tokens(answer) - 1)  # rank_llm: minus one special token
+        budget = self.context_size - self.answer_tokens(len(passages))
         cut = False
         while max_words > 1:
             used = self.backend.prompt_tokens(msgs)
@@ -198,7 +216,11 @@ class Listwise(LLMRerankerBase, Reranker):
             msgs, cut = self.window_messages(qtext, [words[id(c)] for c in win])
             if cut:
                 caller.count(query.id, context_cuts=1)
-            (resp,) = yield [self._request(msgs)]
+            if self.exact_answer:
+                n = self.answer_tokens(len(win))
+                (resp,) = yield [self._request(msgs, n, n)]
+            else:
+                (resp,) = yield [self._request(msgs)]
             perm, status = parse_permutation(resp.text, len(win), after)
             if status == "failed":
                 caller.count(query.id, parse_failures=1, fallbacks=1)

@@ -123,6 +123,7 @@ class ChatRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    min_new_tokens: int = 0  # > 0: end of text is refused before this many tokens (rank_llm's exact answer length)
 
 
 @dataclass
@@ -338,6 +339,8 @@ class OpenAIChat(ChatBackend):
                    "temperature": req.temperature, "top_p": req.top_p, **self.extra_body}
         if req.seed is not None:
             payload["seed"] = req.seed
+        if req.min_new_tokens:
+            payload["min_tokens"] = req.min_new_tokens  # vLLM / SGLang sampling extension
         t0 = time.perf_counter()
         data, attempts, retries = self.client.post("/chat/completions", payload)
         latency = time.perf_counter() - t0
@@ -490,11 +493,13 @@ class HFChat(ChatBackend):
                 ids[row, width - n:] = torch.tensor(encoded[i])
                 mask[row, width - n:] = 1
             max_new = max(requests[i].max_new_tokens for i in idx)
+            min_new = min(requests[i].min_new_tokens for i in idx)
+            extra = {"min_new_tokens": min_new} if min_new else {}
             t0 = time.perf_counter()
             with torch.inference_mode():
                 gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
                                      do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=pad, eos_token_id=sorted(eos) or None)
+                                     pad_token_id=pad, eos_token_id=sorted(eos) or None, **extra)
             latency = (time.perf_counter() - t0) / len(idx)
             for row, i in enumerate(idx):
                 new = gen[row, width:].tolist()[: requests[i].max_new_tokens]
@@ -566,7 +571,8 @@ class Caller:
     def key(self, req: ChatRequest) -> str:
         return fingerprint({"v": 1, **self.ident, "template": self.template, "messages": req.messages,
                             "decoding": {"max_new_tokens": req.max_new_tokens, "temperature": req.temperature,
-                                         "top_p": req.top_p, "seed": req.seed}})
+                                         "top_p": req.top_p, "seed": req.seed,
+                                         **({"min_new_tokens": req.min_new_tokens} if req.min_new_tokens else {})}})
 
     def count(self, qid: str, **kv: int) -> None:
         with self._lock:
@@ -736,8 +742,9 @@ class LLMRerankerBase:
         blob = json.dumps(self.template, sort_keys=True).encode("utf-8")
         return {"template": self.template_name, "template_sha": hashlib.sha256(blob).hexdigest()[:12]}
 
-    def _request(self, messages: list[dict], max_new_tokens: int | None = None) -> ChatRequest:
-        return ChatRequest(messages, int(max_new_tokens or self.max_new_tokens), self.temperature, self.top_p, self.seed)
+    def _request(self, messages: list[dict], max_new_tokens: int | None = None, min_new_tokens: int = 0) -> ChatRequest:
+        return ChatRequest(messages, int(max_new_tokens or self.max_new_tokens), self.temperature, self.top_p, self.seed,
+                           int(min_new_tokens))
 
     def _caller(self, ctx: StageContext) -> Caller:
         return Caller(self.backend, ctx, self.paradigm, self.template_name, self.log_calls, self.use_cache)

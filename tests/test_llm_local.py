@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rankify_cli.types import Candidate, Query
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -114,6 +116,12 @@ def test_tiny_chat_model_end_to_end(paradigm, options, cli, tmp_path, data_dir, 
     assert outcomes <= calls  # a random model's answers are counted, never fatal
     log = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert len(log) == calls and all(r["backend"] == "hf" and r["decoding"] == "greedy" for r in log)
+    if paradigm == "listwise":  # rank_llm's exact answer length: every window decodes a full permutation's tokens
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tiny_model)
+        n = len(tok.encode(" > ".join(f"[{i}]" for i in range(1, 9)))) - 1
+        assert n > 12 and all(r["completion_tokens"] == n for r in log)
     stage1 = run_ids(out1 / "stage1.run")
     assert run_ids(out1 / "stage2.run") == stage1  # same documents, reordered
     # greedy and deterministic: a fresh cache gives the same run; the same cache makes no call
@@ -168,6 +176,26 @@ def test_listwise_fits_the_window_into_the_context_like_rank_llm(tiny_model, dat
     assert http.context_size == 4096 and http.config()["context_size"] is None
     assert http.window_messages("q", [t.split() for t in texts]) == (http.messages("q", [
         http._content(t.split()) for t in texts]), False)
+
+
+def test_exact_answer_over_http_sends_min_tokens_and_needs_a_tokenizer(tiny_model):
+    from rankify_cli.rerankers.listwise import Listwise
+
+    url = "http://127.0.0.1:9/v1"
+    assert not Listwise("m", backend="openai", base_url=url).exact_answer  # OpenAI proper refuses min_tokens
+    with pytest.raises(ValueError, match="tokenizer"):
+        Listwise("m", backend="openai", base_url=url, exact_answer=True)
+    lw = Listwise("m", backend="openai", base_url=url, exact_answer=True, tokenizer=str(tiny_model))
+    sent = []
+    lw.backend.client.post = lambda path, payload: (sent.append(payload) or
+                                                    ({"choices": [{"message": {"content": "[2] > [1]"}}]}, 1, 0))
+    gen = lw._plan(type("C", (), {"count": lambda *a, **k: None})(), Query("q", "q"),
+                   [Candidate("a", 2.0, "alpha"), Candidate("b", 1.0, "beta")])
+    (req,) = next(gen)
+    lw.backend.generate([req])
+    n = lw.answer_tokens(2)
+    assert sent[0]["min_tokens"] == sent[0]["max_tokens"] == n == req.min_new_tokens
+    assert lw.config()["exact_answer"] is True
 
 
 def smollm2():
