@@ -10,6 +10,11 @@ nothing parses, the window keeps its order (counted as a parse failure and a fal
 Scores follow rank_llm: the passage placed at position j takes the j-th first-stage score
 (`scores=position`, monotone), so the evaluator orders tied first-stage scores by doc id as it
 does with rank_llm's runs; `scores=rank` writes -rank and keeps the model's order under ties.
+
+Prompts follow rank_llm too (template keys): BEIR documents as 'Title: t Content: body'
+(`title_format`), text repaired with ftfy (`fix_text`), 300 words per passage, then shorter
+until the window fits `context_size` (4096) when the model's tokenizer is known, and exactly
+a full permutation's tokens decoded (`exact_answer`; on HTTP only when asked).
 """
 
 from __future__ import annotations
