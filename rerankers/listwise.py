@@ -38,14 +38,16 @@ _FANCY_DIGITS = str.maketrans(
 _NOTHING_TO_FIX = re.compile(r"[\t\n\x20-\x25\x27-\x7e]*\Z")
 
 
-def _fix_text(text: str) -> str:
-    if _NOTHING_TO_FIX.match(text):
-        return text
+def _ftfy():
     try:
         from ftfy import fix_text
     except ImportError:
         raise DependencyError("this listwise template repairs text with ftfy, as rank_llm does: pip install ftfy") from None
-    return fix_text(text)
+    return fix_text
+
+
+def _fix_text(text: str) -> str:
+    return text if _NOTHING_TO_FIX.match(text) else _ftfy()(text)
 
 
 def replace_bracket_numbers(text: str) -> str:
@@ -217,15 +219,12 @@ class Listwise(LLMRerankerBase, Reranker):
             win = order[start:end]
             for c in win:
                 if id(c) not in words:
-                    words[id(c)] = self._words(c.body, c.title) if c.title else self._words(c.text)
+                    words[id(c)] = self._words(c.body, c.title)
             msgs, cut = self.window_messages(qtext, [words[id(c)] for c in win])
             if cut:
                 caller.count(query.id, context_cuts=1)
-            if self.exact_answer:
-                n = self.answer_tokens(len(win))
-                (resp,) = yield [self._request(msgs, n, n)]
-            else:
-                (resp,) = yield [self._request(msgs)]
+            exact = self.answer_tokens(len(win)) if self.exact_answer else 0
+            (resp,) = yield [self._request(msgs, exact or None, exact)]
             perm, status = parse_permutation(resp.text, len(win), after)
             if status == "failed":
                 caller.count(query.id, parse_failures=1, fallbacks=1)
@@ -240,5 +239,5 @@ class Listwise(LLMRerankerBase, Reranker):
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)
         if self.fix_text:
-            _fix_text("\u00e9")  # import ftfy here, not in 16 query threads queued on the import lock
+            _ftfy()  # import it here, not in 16 query threads queued on the import lock
         return drive(items, lambda q, c: self._plan(caller, q, c), caller, ctx, self.concurrency)
