@@ -1,0 +1,1 @@
+"""Backends: where a reranker family's model runs (local transformers, HTTP servers)."""
