@@ -4,6 +4,7 @@ RANKIFY_DEBUG=1 to see one). Heavy modules are imported inside commands, so --he
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -13,11 +14,30 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, rich_markup_mode=None,
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT,
                   help="Reproducible reranking benchmarks: which reranker orders the same candidates best, "
                        "and at what cost?")
 
 MULTI_VALUE_OPTIONS = ("--metrics", "-m")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"rankify {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Reproducible reranking benchmarks: which reranker orders the same candidates best, and at what cost?
+
+    Example: rankify run -d dl19 --reranker minilm-l6   (see `rankify rerankers` for what exists)
+    """
+
 
 
 def _console(stderr: bool = False):
@@ -411,7 +431,7 @@ def regress(
 
 
 cache_app = typer.Typer(help="Inspect or clear the cache (indexes, embeddings, runs, scores, LLM calls).",
-                        no_args_is_help=True, rich_markup_mode=None)
+                        no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT)
 app.add_typer(cache_app, name="cache")
 
 
@@ -485,6 +505,20 @@ def _looks_like_measure(token: str) -> bool:
     return bool(_MEASURE.match(token)) and not os.path.exists(token)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """An exception class of typer's own click (typer >= 0.20 vendors one) and of the click
+    package (older typer uses it): `isinstance` must match whichever raised."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
 def main() -> None:
     from .errors import RankifyError
 
@@ -502,14 +536,15 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
+        if type(e).__name__ == "NoArgsIsHelpError":  # `rankify`, `rankify cache`: help, not an error
+            print(e.format_message())
+            sys.exit(0)
+        if isinstance(e, _click_classes("Exit")):
             sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            print(f"error: {e.format_message()}", file=sys.stderr)
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, _click_classes("ClickException")):
+            e.show()  # the usage line, a hint and the message, as click prints them
+            sys.exit(getattr(e, "exit_code", 2) or 2)
+        if isinstance(e, _click_classes("Abort")):
             print("aborted", file=sys.stderr)
             sys.exit(130)
         if os.environ.get("RANKIFY_DEBUG"):

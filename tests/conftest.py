@@ -45,11 +45,18 @@ class Result:
         return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
 
+def console_script() -> list[str]:
+    """The installed `rankify` console script next to this interpreter (what a user runs);
+    `python -m rankify_cli.cli` only where the package is not installed."""
+    script = Path(sys.executable).parent / "rankify"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "rankify_cli.cli"]
+
+
 def rankify(*args: str, env: dict | None = None, cwd: str | Path | None = None, timeout: float = 600) -> Result:
-    """Run the real `rankify` entry point in a fresh process, as a user would."""
+    """Run the real `rankify` console script in a fresh process, as a user would."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("RANKIFY_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "rankify_cli.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([*console_script(), *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
     return Result(proc)
 
