@@ -28,6 +28,14 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "e2rank-0.6b": ("e2rank", "Alibaba-NLP/E2Rank-0.6B", {}),
     "e2rank-4b": ("e2rank", "Alibaba-NLP/E2Rank-4B", {}),
     "e2rank-8b": ("e2rank", "Alibaba-NLP/E2Rank-8B", {}),
+    # hosted rerank APIs (shapes, limits and key variables: rerankers/rerank_providers.py)
+    "cohere-rerank-v3.5": ("rerank-api", "rerank-v3.5", {"provider": "cohere"}),
+    "cohere-rerank-v4.0-pro": ("rerank-api", "rerank-v4.0-pro", {"provider": "cohere"}),
+    "jina-reranker-v2": ("rerank-api", "jina-reranker-v2-base-multilingual", {"provider": "jina"}),
+    "jina-reranker-m0": ("rerank-api", "jina-reranker-m0", {"provider": "jina"}),
+    "voyage-rerank-2.5": ("rerank-api", "rerank-2.5", {"provider": "voyage"}),
+    "voyage-rerank-2.5-lite": ("rerank-api", "rerank-2.5-lite", {"provider": "voyage"}),
+    "mixedbread-rerank-large-v2": ("rerank-api", "mixedbread-ai/mxbai-rerank-large-v2", {"provider": "mixedbread"}),
 }
 
 FAMILIES: dict[str, str] = {

@@ -9,11 +9,17 @@ retries, round robin over base URLs, call log and cache as the chat backends.
 
 Spec: `rerank-api:MODEL?base_url=http://HOST:PORT` (the path `/rerank` is appended; give
 `.../v1` for servers that only serve `/v1/rerank`).
+
+Hosted APIs: `provider=cohere|jina|voyage|mixedbread` takes the request and answer shape, URL,
+per-request document limit and key variable (CO_API_KEY, JINA_API_KEY, VOYAGE_API_KEY,
+MXBAI_API_KEY) from rerank_providers.py; base_url and api_key_env still override them. The key
+is read from the environment at call time and sent only as the Authorization header.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -23,7 +29,9 @@ from typing import Sequence
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
+from .backends.http import BackendError
 from .llm_backends import CallLog, HTTPClient, split_urls
+from .rerank_providers import PROVIDERS
 
 NAMESPACE = "rerank-api"
 
@@ -54,9 +62,18 @@ class RerankAPI(Reranker):
     def __init__(self, model: str = "", base_url: str | None = None, protocol: str = "cohere",
                  api_key_env: str | None = None, concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6,
                  backoff: float = 0.5, batch_size: int | None = None, max_chars: int | None = None, log_calls: str | None = None,
-                 cache: bool = True):
+                 cache: bool = True, provider: str | None = None):
         if protocol not in ("cohere", "tei"):
             raise ValueError(f"protocol must be cohere (vLLM, Infinity, Jina) or tei, got '{protocol}'")
+        self.provider = PROVIDERS.get(str(provider)) if provider else None
+        if provider and self.provider is None:
+            raise ValueError(f"provider must be one of {', '.join(sorted(PROVIDERS))}, got '{provider}'")
+        if self.provider is not None:
+            protocol = self.provider.name
+            base_url = base_url or self.provider.base_url
+            api_key_env = api_key_env or self.provider.key_env
+            if not os.environ.get(api_key_env):
+                raise ConfigError(f"rerank-api provider={self.provider.name} needs its key in ${api_key_env}")
         urls = split_urls(base_url or os.environ.get("RERANK_BASE_URL") or os.environ.get("OPENAI_BASE_URL"))
         if not urls:
             raise ConfigError("rerank-api needs a server: rerank-api:MODEL?base_url=http://HOST:PORT")
@@ -64,7 +81,11 @@ class RerankAPI(Reranker):
         self.client = HTTPClient(urls, api_key_env, timeout, max_retries, backoff)
         # TEI refuses more than 32 texts per request unless started with --max-client-batch-size
         self.concurrency = max(1, int(concurrency))
-        self.batch_size = max(1, int(batch_size)) if batch_size else (32 if protocol == "tei" else 100)
+        limit = self.provider.max_documents if self.provider else None
+        if batch_size and limit and int(batch_size) > limit:
+            raise ValueError(f"batch_size {batch_size} is over {self.provider.name}'s limit of {limit} documents "
+                             "per request")
+        self.batch_size = max(1, int(batch_size)) if batch_size else (limit or (32 if protocol == "tei" else 100))
         self.max_chars = int(max_chars) if max_chars else None
         self.log = CallLog(log_calls)
         self.use_cache = bool(cache)
@@ -74,9 +95,23 @@ class RerankAPI(Reranker):
                 "max_chars": self.max_chars}
 
     def _payload(self, query: str, docs: list[str]) -> dict:
+        if self.provider is not None:
+            return self.provider.payload(self.model, query, docs)
         if self.protocol == "tei":
             return {"query": query, "texts": docs, "truncate": True, "raw_scores": False}
         return {"model": self.model, "query": query, "documents": docs}
+
+    def _post(self, payload: dict):
+        if self.provider is None:
+            return self.client.post("/rerank", payload)
+        try:
+            return self.client.post(self.provider.path, payload)
+        except BackendError as e:  # name what the provider's reference says the status means
+            m = re.search(r"HTTP (\d{3})", e.message)
+            hint = self.provider.explain(int(m.group(1))) if m else ""
+            if not hint:
+                raise
+            raise BackendError(f"{self.provider.name}: {hint} ({e.message})") from None
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         store = ctx.store if self.use_cache else None
@@ -104,7 +139,7 @@ class RerankAPI(Reranker):
                     got = read_scores(hit, len(chunk))
                 else:
                     t0 = time.perf_counter()
-                    data, attempts, retries = self.client.post("/rerank", payload)
+                    data, attempts, retries = self._post(payload)
                     stats["calls"] += 1
                     stats["retries"] += retries
                     got = read_scores(data, len(chunk))
