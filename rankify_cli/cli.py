@@ -156,11 +156,14 @@ def _print_result(result, doc) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.dataset.name}  ({result.queries} queries)", title_justify="left")
-    for col in ["stage", *result.measures, "queries evaluated", "seconds"]:
+    # a calibration measure has no value for a stage whose scores are not probabilities
+    cols = list(dict.fromkeys(m for s in result.stages for m in s.evaluation.aggregate))
+    for col in ["stage", *cols, "queries evaluated", "seconds"]:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in result.stages:
         ev = s.evaluation
-        table.add_row(s.spec, *[_fmt(ev.aggregate[m]) for m in ev.aggregate], str(ev.queries_evaluated), f"{s.seconds:.2f}")
+        table.add_row(s.spec, *[_fmt(ev.aggregate[m]) if m in ev.aggregate else "-" for m in cols],
+                      str(ev.queries_evaluated), f"{s.seconds:.2f}")
     con = _console()
     con.print(table)
     notes = {k: v for k, v in result.final.evaluation.notes.items() if v}

@@ -17,10 +17,17 @@ from .types import Qrels, Run, sort_candidates
 
 
 def parse_measures(names: list[str]) -> list:
+    """ir-measures objects, and this toolkit's calibration measures (calibration.py) as they are."""
     import ir_measures
+
+    from . import calibration
 
     out = []
     for name in names:
+        own = calibration.parse(name)
+        if own is not None:
+            out.append(own)
+            continue
         try:
             out.append(ir_measures.parse_measure(name))
         except Exception:
@@ -81,7 +88,11 @@ def apply_rules(run: Run, rules: EvalRules) -> tuple[Run, dict[str, int]]:
 def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules | None = None) -> Evaluation:
     import ir_measures
 
-    measures = parse_measures(measure_names)
+    from . import calibration
+
+    parsed = parse_measures(measure_names)
+    own = [m for m in parsed if isinstance(m, calibration.CalibrationMeasure)]
+    measures = [m for m in parsed if not isinstance(m, calibration.CalibrationMeasure)]
     notes: dict[str, int] = {}
     if rules is not None:
         run, notes = apply_rules(run, rules)
@@ -102,16 +113,24 @@ def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules 
         ranked[qid] = {EMPTY_SENTINEL: 0.0}
     try:
         per_query: dict[str, dict[str, float]] = {}
-        for m in ir_measures.iter_calc(measures, qrels, ranked):
-            per_query.setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
-        aggregate = {str(k): float(v) for k, v in ir_measures.calc_aggregate(measures, qrels, ranked).items()}
+        aggregate: dict[str, float] = {}
+        if measures:
+            for m in ir_measures.iter_calc(measures, qrels, ranked):
+                per_query.setdefault(m.query_id, {})[str(m.measure)] = float(m.value)
+            aggregate = {str(k): float(v) for k, v in ir_measures.calc_aggregate(measures, qrels, ranked).items()}
     except RankifyError:
         raise
     except Exception as e:
         raise RankifyError(f"evaluation failed in ir-measures: {e}") from None
+    if own:  # calibration reads the scores themselves, not the rank order
+        agg, pq, own_notes = calibration.evaluate(run, qrels, own)
+        aggregate.update(agg)
+        notes.update(own_notes)
+        for q, values in pq.items():
+            per_query.setdefault(q, {}).update(values)
     # fixed key order (queries sorted, measures as asked): metrics.json is byte-stable across
     # processes, whatever order the evaluator's backends yield values in
-    names = [str(m) for m in measures]
-    ordered = {n: aggregate[n] for n in names}
+    names = [m.name if isinstance(m, calibration.CalibrationMeasure) else str(m) for m in parsed]
+    ordered = {n: aggregate[n] for n in names if n in aggregate}  # calibration of non-probabilities: a note
     per_query = {q: {n: per_query[q][n] for n in names if n in per_query[q]} for q in sorted(per_query)}
     return Evaluation(ordered, per_query, len(per_query), notes)
