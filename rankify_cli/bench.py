@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .catalog import CATALOG
-from .datasets import Dataset, resolve
+from .datasets import Dataset, known, resolve
 from .errors import ConfigError, DependencyError, InputError
 from .pipeline import Pipeline, execute, no_progress, pipeline_config
 from .results import result_dir_for, write_results
@@ -46,7 +45,7 @@ class Prepared:
 def _prepare(cond: Condition, data_dir: str | None) -> Prepared:
     if cond.skip_reason:
         return Prepared(cond, skip=cond.skip_reason)
-    if cond.dataset.lower() not in CATALOG and not Path(cond.dataset).expanduser().is_dir():
+    if not known(cond.dataset) and not Path(cond.dataset).expanduser().is_dir():
         raise ConfigError(f"condition '{cond.name}': unknown dataset '{cond.dataset}'")
     try:
         pipe = Pipeline(cond.retriever, cond.rerankers, depth=cond.depth, top_k=cond.top_k,

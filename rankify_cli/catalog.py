@@ -1,20 +1,37 @@
-"""The datasets rankify knows by name: where their files live and how they are evaluated.
+"""The datasets rankify knows by name: where their files live, how they are evaluated, and
+what may be downloaded for them. The entries are data, in catalog.toml; this module reads them.
 
-Evaluation rules live here, with the data, because published numbers depend on them:
-BEIR runs drop a query's own id (Pyserini `--remove-query`, decisive on ArguAna), BRIGHT
-drops each query's `excluded_ids`.
+Evaluation rules live with the data, because published numbers depend on them: BEIR runs drop
+a query's own id (Pyserini `--remove-query`, decisive on ArguAna), BRIGHT drops each query's
+`excluded_ids`.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
-BRIGHT_TASKS = (
-    "biology", "earth-science", "economics", "psychology", "robotics", "stackoverflow",
-    "sustainable-living", "leetcode", "pony", "aops", "theoremqa-questions", "theoremqa-theorems",
-)
+@dataclass(frozen=True)
+class Download:
+    """One file's public home and what it must be: size in bytes and a checksum."""
+
+    url: str
+    size: int
+    md5: str | None = None
+    sha256: str | None = None
+    name: str | None = None          # the file's name in the dataset folder
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    files: tuple[str, ...]           # local names, first found wins; then the download's name
+    download: Download | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.files + ((self.download.name,) if self.download else ())
 
 
 @dataclass(frozen=True)
@@ -25,47 +42,43 @@ class Entry:
     description: str
     measures: tuple[str, ...] = ("nDCG@10", "R@100")
     remove_self_hits: bool = False
-    runs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> files, first found wins
-    beir_md5: str | None = None      # online users: BEIR zip checksum
-    hf_bright_task: str | None = None  # online users: xlang-ai/BRIGHT split
+    runs: dict[str, RunFiles] = field(default_factory=dict)
+    files: dict[str, Download] = field(default_factory=dict)  # role (queries, qrels) -> download
+    archive: Download | None = None  # BEIR: one zip holding corpus, queries and qrels
+    bright_task: str | None = None   # BRIGHT: the split name on the hub (biology, earth_science, ...)
+    bright_repo: str | None = None
+
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.archive or self.bright_task or ("queries" in self.files and "qrels" in self.files))
 
 
-def _beir(name: str, md5: str, description: str) -> Entry:
-    return Entry(name, "beir", f"beir/{name}", description, remove_self_hits=True, beir_md5=md5)
+def _download(d: dict, name: str | None = None) -> Download:
+    return Download(d["url"], int(d["size"]), d.get("md5"), d.get("sha256"), d.get("name", name))
 
 
-def _dl(name: str, year: str) -> Entry:
-    return Entry(
-        name, "trec", f"trec-dl/{name}-passage",
-        f"TREC Deep Learning {year} passage (MS MARCO v1), graded qrels",
-        measures=("nDCG@10", "R(rel=2)@100", "AP(rel=2)"),
-        runs={"bm25": ("bm25_top100.rank_llm.json.gz", "bm25_top100.rank_llm.json", "bm25_top100.run")},
-    )
-
-
-CATALOG: dict[str, Entry] = {
-    e.name: e
-    for e in [
-        _beir("scifact", "5f7d1de60b170fc8027bb7898e2efca1", "BEIR SciFact: scientific claim verification"),
-        _beir("arguana", "8ad3e3c2a5867cdced806d6503f29b99", "BEIR ArguAna: counter-argument retrieval"),
-        _beir("nfcorpus", "a89dba18a62ef92f7d323ec890a0d38d", "BEIR NFCorpus: nutrition and medicine"),
-        _beir("fiqa", "17918ed23cd04fb15047f73e6c3bd9d9", "BEIR FiQA-2018: financial QA"),
-        _beir("scidocs", "38121350fc3a4d2f48850f6aff52e4a9", "BEIR SciDocs: citation prediction"),
-        _beir("trec-covid", "ce62140cb23feb9becf6270d0d1fe6d1", "BEIR TREC-COVID: CORD-19 ad hoc"),
-        _dl("dl19", "2019"),
-        _dl("dl20", "2020"),
-        Entry(
-            "noveleval", "noveleval", "noveleval",
-            "NovelEval-2306 (RankGPT): 21 queries x 20 post-cutoff passages",
-            measures=("nDCG@1", "nDCG@5", "nDCG@10"),
-            runs={"original": ("candidates.rankgpt.json.gz",)},
-        ),
-    ]
-    + [
-        Entry(
-            f"bright-{t}", "bright", f"bright/{t}", f"BRIGHT {t}: reasoning-intensive retrieval",
-            hf_bright_task=t.replace("-", "_"),
+def _load() -> tuple[dict[str, Entry], tuple[str, ...]]:
+    data = tomllib.loads(resources.files(__package__).joinpath("catalog.toml").read_text(encoding="utf-8"))
+    beir_url = data["beir"]["url"]
+    out: dict[str, Entry] = {}
+    for name, d in data["datasets"].items():
+        layout = d["layout"]
+        runs = {r: RunFiles(tuple(spec.get("files", ())), _download(spec["download"]) if "download" in spec else None)
+                for r, spec in d.get("runs", {}).items()}
+        archive = None
+        if "archive" in d:
+            archive = Download(beir_url.format(name=name), int(d["archive"]["size"]), d["archive"].get("md5"),
+                               d["archive"].get("sha256"), f"{name}.zip")
+        out[name] = Entry(
+            name, layout, d.get("subdir", f"beir/{name}" if layout == "beir" else name), d["description"],
+            measures=tuple(d.get("measures", ("nDCG@10", "R@100"))), remove_self_hits=layout == "beir",
+            runs=runs, files={role: _download(f) for role, f in d.get("files", {}).items()}, archive=archive,
         )
-        for t in BRIGHT_TASKS
-    ]
-}
+    b = data["bright"]
+    for t in b["tasks"]:
+        out[f"bright-{t}"] = Entry(f"bright-{t}", "bright", f"bright/{t}", b["description"].format(task=t),
+                                   bright_task=t.replace("-", "_"), bright_repo=b["repo"])
+    return out, tuple(b["tasks"])
+
+
+CATALOG, BRIGHT_TASKS = _load()

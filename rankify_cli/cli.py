@@ -225,36 +225,66 @@ def eval_(
 @app.command()
 def datasets(
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    irds: bool = typer.Option(False, "--irds", help="List the ir_datasets ids usable as --dataset irds:<id> instead."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """What datasets are known, which are available locally, and where they resolve to."""
+    """What datasets are known, which are available locally or by download, and where they resolve to."""
+    if irds:
+        return _irds_datasets(as_json)
     from .catalog import CATALOG
-    from .datasets import Dataset, data_dirs, locate
+    from .datasets import Dataset, data_dirs, is_offline, locate
 
     rows = []
     data_dirs(data_dir)  # validates RANKIFY_DATA_DIR / --data-dir
+    online = not is_offline()
     for entry in CATALOG.values():
         found = locate(entry, data_dir)
         row = {"name": entry.name, "description": entry.description, "available": bool(found),
+               "download": online and not found and entry.downloadable,
                "path": str(found[0]) if found else None, "origin": found[1] if found else None,
-               "corpus": False, "runs": []}
-        if found:
-            ds = Dataset(entry.name, found[0], entry.layout, found[1], entry)
-            row["corpus"] = ds.has_corpus()
-            row["runs"] = sorted(ds.run_files())
+               "corpus": False, "corpus_download": False, "runs": [], "runs_download": []}
+        if found or row["download"]:
+            ds = Dataset(entry.name, found[0] if found else Path(entry.subdir), entry.layout, "", entry)
+            row["corpus"] = bool(found) and ds.corpus_path is not None
+            row["corpus_download"] = not row["corpus"] and online and (bool(entry.archive) or ds.has_corpus())
+            runs = ds.run_files()
+            row["runs"] = sorted(n for n, p in runs.items() if p.exists())
+            row["runs_download"] = sorted(n for n, p in runs.items() if not p.exists())
         rows.append(row)
     if as_json:
         print(json.dumps(rows))
         return
     from rich.table import Table
 
-    table = Table(title_justify="left")
+    table = Table(title=None if online else "offline (RANKIFY_OFFLINE=1): nothing is downloaded", title_justify="left")
     for col in ("name", "available", "corpus", "runs", "path", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], "yes" if r["available"] else "no", "yes" if r["corpus"] else "-",
-                      ",".join(r["runs"]) or "-", f"{r['path']} ({r['origin']})" if r["path"] else "-", r["description"])
+        runs = r["runs"] + [f"{n} (download)" for n in r["runs_download"]]
+        table.add_row(r["name"], "yes" if r["available"] else ("download" if r["download"] else "no"),
+                      "yes" if r["corpus"] else ("download" if r["corpus_download"] else "-"), ", ".join(runs) or "-",
+                      f"{r['path']} ({r['origin']})" if r["path"] else "-", r["description"])
     _console().print(table)
+
+
+def _irds_datasets(as_json: bool) -> None:
+    from .irds import known_ids
+
+    ids = known_ids()  # a missing ir_datasets package is one clear line
+    import ir_datasets
+
+    rows = []
+    for i in ids:
+        h = ir_datasets.registry[i]
+        rows.append({"id": f"irds:{i}", **{k: getattr(h, f"has_{k}")() for k in ("docs", "queries", "qrels", "scoreddocs")}})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    usable = [r for r in rows if r["queries"] and r["qrels"]]
+    for r in usable:
+        what = "docs" if r["docs"] else ("scoreddocs" if r["scoreddocs"] else "qrels only")
+        print(f"{r['id']}\t{what}")
+    print(f"{len(usable)} of {len(rows)} ir_datasets ids have queries and qrels (--json lists all)", file=sys.stderr)
 
 
 @app.command()

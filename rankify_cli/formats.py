@@ -253,6 +253,43 @@ def read_candidates_json(path: str | Path) -> tuple[list[Query], Run]:
     return queries, run
 
 
+def read_candidates_jsonl(path: str | Path) -> tuple[list[Query], Run]:
+    """rank_llm's cached JSONL (rank_llm_data): one {"query": {"text", "qid"}, "candidates":
+    [{"docid", "score", "doc": {"contents" | "segment" | "title"+"text"}}]} per line."""
+    what = 'rank_llm JSONL: {"query": {"text", "qid"}, "candidates": [{"docid", "score", "doc"}]} per line'
+    queries, run, seen = [], {}, {}
+    for no, obj in iter_jsonl(path, what):
+        q, cands = obj.get("query"), obj.get("candidates")
+        if not isinstance(q, dict) or not isinstance(cands, list):
+            raise InputError(f"expected {what}", path, no)
+        qid, text = str(q.get("qid", "")), q.get("text")
+        if not qid or not isinstance(text, str) or not text.strip():
+            raise InputError('query needs a "qid" and a non-empty "text"', path, no)
+        _no_duplicates(seen, qid, path, no, "query")
+        out, docs_seen = [], set()
+        for j, c in enumerate(cands):
+            if not isinstance(c, dict) or "docid" not in c or not isinstance(c.get("doc", {}), dict):
+                raise InputError(f'candidate {j}: expected "docid", "score" and a "doc" object', path, no)
+            doc_id, doc = str(c["docid"]), c.get("doc", {})
+            if doc_id in docs_seen:
+                raise InputError(f"candidate {j}: document '{doc_id}' listed twice for query '{qid}'", path, no)
+            docs_seen.add(doc_id)
+            try:
+                score = float(c.get("score", -j))
+            except (TypeError, ValueError):
+                raise InputError(f"candidate {j}: score is not a number", path, no) from None
+            body = doc.get("contents", doc.get("segment", doc.get("text", "")))
+            title = doc.get("title") or ""
+            if not isinstance(body, str) or not isinstance(title, str):
+                raise InputError(f"candidate {j}: document text must be a string", path, no)
+            out.append(Candidate(doc_id, score, f"{title} {body}".strip() if title else body))
+        queries.append(Query(qid, text))
+        run[qid] = sorted(out, key=lambda x: (-x.score, x.doc_id))
+    if not queries:
+        raise InputError(f"no queries; expected {what}", path)
+    return queries, run
+
+
 def read_corpus_tsv(path: str | Path) -> list[Document]:
     what = "corpus lines 'doc-id<TAB>text'"
     docs, seen = [], {}
