@@ -275,7 +275,7 @@ def _irds_datasets(as_json: bool) -> None:
 
     rows = []
     for i in ids:
-        h = ir_datasets.registry[i]
+        h = ir_datasets.registry._registered[i]  # not registry[i]: that logs each deprecated alias
         rows.append({"id": f"irds:{i}", **{k: getattr(h, f"has_{k}")() for k in ("docs", "queries", "qrels", "scoreddocs")}})
     if as_json:
         print(json.dumps(rows))
