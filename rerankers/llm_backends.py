@@ -39,7 +39,7 @@ from rankify_cli.errors import ConfigError, DependencyError
 from rankify_cli.model_ids import folder_fingerprint
 from rankify_cli.types import Candidate, Query, StageContext, fingerprint
 
-from .backends.http import BackendError, HTTPClient, split_urls  # noqa: F401  (re-exported)
+from .backends.http import BackendError, HTTPClient, chat_completion_shape, split_urls  # noqa: F401  (re-exported)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 CACHE_NAMESPACE = "llm-chat"
@@ -141,6 +141,10 @@ class ChatBackend:
     def identity(self) -> dict:
         raise NotImplementedError
 
+    def cache_identity(self) -> dict:
+        """What keys the cached calls: the identity, plus what a server reports for its model."""
+        return self.identity()
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResponse]:
         raise NotImplementedError
 
@@ -195,6 +199,9 @@ class OpenAIChat(ChatBackend):
     def identity(self) -> dict:
         return {"backend": self.kind, "model": self.model}
 
+    def cache_identity(self) -> dict:
+        return {**self.identity(), **self.client.served_identity(self.model)}
+
     def chat_tokenizer(self):
         if not self.tokenizer_name:
             return None
@@ -222,18 +229,20 @@ class OpenAIChat(ChatBackend):
         if req.min_new_tokens:
             payload["min_tokens"] = req.min_new_tokens  # vLLM / SGLang sampling extension
         t0 = time.perf_counter()
-        data, attempts, retries = self.client.post("/chat/completions", payload)
+        # a 200 without a chat completion's shape is retried, never cached as an empty answer
+        data, attempts, retries = self.client.post("/chat/completions", payload, validate=chat_completion_shape)
         latency = time.perf_counter() - t0
         if retries:
             with self._lock:
                 self.retries += retries
-        try:
-            text = data["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            text = ""  # a malformed body is an unusable answer: the paradigm's fallback applies
-        usage = data.get("usage") or {} if isinstance(data, dict) else {}
-        return ChatResponse(str(text), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+        text = data["choices"][0]["message"].get("content") or ""
+        usage = data.get("usage") or {}
+        return ChatResponse(text, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
                             latency, attempts=attempts)
+
+
+def _count(v) -> int:
+    return int(v) if isinstance(v, (int, float)) and v == v and abs(v) < 2**53 else 0
 
 
 def _load_tokenizer(name: str, revision: str | None = None, gguf_file: str | None = None):
@@ -443,7 +452,7 @@ class Caller:
         if self.store is not None:
             self.store.get_many(CACHE_NAMESPACE, [])  # create the file from this thread first
         self.log = CallLog(log_path)
-        self.ident = backend.identity()
+        self.ident = backend.cache_identity()
         self._lock = threading.Lock()
         self.per_query: dict[str, Counter] = {}
         self.pool: ThreadPoolExecutor | None = None  # set by drive() for HTTP backends

@@ -164,7 +164,9 @@ def paradigm_of(messages: list[dict]) -> str:
 
 class State:
     def __init__(self, oracle: Oracle | None, mode: str = "oracle", latency: float = 0.0, fault_rate: float = 0.0,
-                 stall: float = 3.0, seed: int = 0):
+                 stall: float = 3.0, seed: int = 0, models: list | None = None):
+        self.models = models or [{"id": "oracle", "object": "model"}]  # what GET /v1/models lists
+        self.model_lists = 0
         if mode not in ("oracle", "garbage"):
             raise ValueError(f"mode must be oracle or garbage, got {mode}")
         self.oracle, self.mode, self.latency = oracle, mode, float(latency)
@@ -262,7 +264,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/stats":
             self._send(200, self.state.snapshot())
         elif self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [{"id": "oracle", "object": "model"}]})
+            with self.state.lock:
+                self.state.model_lists += 1
+            self._send(200, {"object": "list", "data": self.state.models})
         else:
             self._send(404, {"error": "not found"})
 
@@ -349,8 +353,8 @@ class LLMServer:
     """`with LLMServer(oracle, mode=...) as srv: srv.url` -> http://127.0.0.1:PORT/v1"""
 
     def __init__(self, oracle: Oracle | None, mode: str = "oracle", latency: float = 0.0, fault_rate: float = 0.0,
-                 stall: float = 3.0, seed: int = 0, port: int = 0):
-        self.state = State(oracle, mode, latency, fault_rate, stall, seed)
+                 stall: float = 3.0, seed: int = 0, port: int = 0, models: list | None = None):
+        self.state = State(oracle, mode, latency, fault_rate, stall, seed, models)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.httpd = _Server(("127.0.0.1", port), handler)
         self.port = self.httpd.server_address[1]

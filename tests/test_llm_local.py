@@ -187,7 +187,7 @@ def test_exact_answer_over_http_sends_min_tokens_and_needs_a_tokenizer(tiny_mode
         Listwise("m", backend="openai", base_url=url, exact_answer=True)
     lw = Listwise("m", backend="openai", base_url=url, exact_answer=True, tokenizer=str(tiny_model))
     sent = []
-    lw.backend.client.post = lambda path, payload: (sent.append(payload) or
+    lw.backend.client.post = lambda path, payload, **kw: (sent.append(payload) or
                                                     ({"choices": [{"message": {"content": "[2] > [1]"}}]}, 1, 0))
     gen = lw._plan(type("C", (), {"count": lambda *a, **k: None})(), Query("q", "q"),
                    [Candidate("a", 2.0, "alpha"), Candidate("b", 1.0, "beta")])
