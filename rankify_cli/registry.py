@@ -33,6 +33,7 @@ RERANKERS: dict[str, str] = {
     "setwise": "rankify_cli.rerankers.setwise:Setwise",
     "groupwise": "rankify_cli.rerankers.groupwise:Groupwise",
     "rerank-api": "rankify_cli.rerankers.rerank_api:RerankAPI",
+    "late-interaction": "rankify_cli.rerankers.late_interaction:LateInteraction",
 }
 # preset -> (family, model, options): short names for public checkpoints (a plain dict module).
 from .rerankers.presets import PRESETS as _PRESETS  # noqa: E402

@@ -28,6 +28,10 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "e2rank-0.6b": ("e2rank", "Alibaba-NLP/E2Rank-0.6B", {}),
     "e2rank-4b": ("e2rank", "Alibaba-NLP/E2Rank-4B", {}),
     "e2rank-8b": ("e2rank", "Alibaba-NLP/E2Rank-8B", {}),
+    # late interaction (ColBERT MaxSim; markers, lengths and skiplist come from the checkpoint)
+    "colbertv2": ("late-interaction", "colbert-ir/colbertv2.0", {}),
+    "answerai-colbert-small-v1": ("late-interaction", "answerdotai/answerai-colbert-small-v1", {}),
+    "jina-colbert-v2": ("late-interaction", "jinaai/jina-colbert-v2", {"trust_remote_code": True}),
     # hosted rerank APIs (shapes, limits and key variables: rerankers/rerank_providers.py)
     "cohere-rerank-v3.5": ("rerank-api", "rerank-v3.5", {"provider": "cohere"}),
     "cohere-rerank-v4.0-pro": ("rerank-api", "rerank-v4.0-pro", {"provider": "cohere"}),
@@ -44,4 +48,5 @@ FAMILIES: dict[str, str] = {
     "generative": "rankify_cli.rerankers.generative:Generative",
     "embedding": "rankify_cli.rerankers.embedding:Embedding",
     "e2rank": "rankify_cli.rerankers.embedding:E2Rank",
+    "late-interaction": "rankify_cli.rerankers.late_interaction:LateInteraction",
 }
