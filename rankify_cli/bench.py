@@ -11,7 +11,7 @@ from typing import Callable
 
 from .datasets import Dataset, known, resolve
 from .errors import ConfigError, DependencyError, InputError
-from .pipeline import Pipeline, execute, no_progress, pipeline_config
+from .pipeline import Pipeline, PipelineResult, StageResult, execute, no_progress, pipeline_config
 from .results import result_dir_for, write_results
 from .suites import Condition, Suite
 from .types import fingerprint
@@ -100,16 +100,43 @@ def _run_one(prep: Prepared, output: Path, force: bool, cache_dir, store, progre
     t0 = time.perf_counter()
     target = result_dir_for(output, ds.name, pipe.id, config_hash(ds, pipe))
     metrics_file = target / "metrics.json"
+    cached = False
     if not force and metrics_file.is_file():
         try:
             doc = json.loads(metrics_file.read_text(encoding="utf-8"))
             if doc.get("config_hash") == config_hash(ds, pipe) and set(cond.measures) <= set(doc.get("metrics") or {}):
-                return Outcome(cond, "cached", doc=doc, seconds=time.perf_counter() - t0)
+                info = json.loads((target / "run_info.json").read_text(encoding="utf-8"))
+                cached = True
         except (OSError, json.JSONDecodeError):
             pass  # unreadable old result: run again
+    if cached:
+        # a run killed after metrics.json and before the leaderboard update left no row
+        ensure_leaderboard_row(output, target, doc, info, ds)
+        return Outcome(cond, "cached", doc=doc, seconds=time.perf_counter() - t0)
     try:
         result = execute(pipe, ds, cond.measures, cache_dir=cache_dir, store=store, progress=progress, log=log)
     except DependencyError as e:
         return Outcome(cond, "skipped", e.render(), seconds=time.perf_counter() - t0)
     doc = write_results(result, output)
     return Outcome(cond, "ran", doc=doc, seconds=time.perf_counter() - t0)
+
+
+def ensure_leaderboard_row(output: Path, target: Path, doc: dict, info: dict, ds: Dataset) -> None:
+    """Upsert the leaderboard row of a result on disk unless the leaderboard has it already
+    (same dataset, pipeline and config hash). The row is made by the same leaderboard_row as a
+    fresh run's, from the result's files: metrics.json, run_info.json and the stage runs."""
+    from .formats import read_trec_run
+    from .results import leaderboard_row, read_leaderboard, upsert_leaderboard
+
+    board = output / "leaderboard.csv"
+    for row in read_leaderboard(board):
+        if (row.get("dataset"), row.get("pipeline"), row.get("config_hash")) == (ds.name, doc["pipeline"],
+                                                                                 doc["config_hash"]):
+            return
+    stages = [StageResult(kind=s["kind"], spec=s["spec"], config=s.get("config") or {},
+                          run=read_trec_run(target / s["run_file"]), seconds=float(i.get("seconds") or 0.0),
+                          stats=i.get("stats") or {}) for s, i in zip(doc["stages"], info["stages"], strict=True)]
+    result = PipelineResult(dataset=ds, pipeline_id=doc["pipeline"], config=doc["config"],
+                            config_hash=doc["config_hash"], measures=list(doc.get("measures") or []),
+                            queries=int(doc["queries"]), stages=stages, warnings=list(doc.get("warnings") or []))
+    upsert_leaderboard(board, leaderboard_row(result, doc, info))

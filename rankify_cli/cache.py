@@ -31,7 +31,12 @@ def _retry_locked(step, attempts: int = 50):
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from .formats import write_error
+
+            raise write_error(e, self.root) from None
         self.path = self.root / "store.sqlite"
         self._local = threading.local()
 
@@ -54,8 +59,18 @@ class Store:
         return db
 
     def _damaged(self, e: Exception):
+        """What went wrong, told apart: only a damaged file is worth deleting; a read-only or
+        full disk keeps every finished entry, so the message must not send the user to delete it."""
         from .errors import InputError
 
+        text = str(e).lower()
+        keep = "the finished work in it is kept"
+        if "readonly" in text or "read-only" in text or "unable to open" in text or "permission" in text:
+            return InputError(f"cannot write the cache ({e}): make its folder writable, set RANKIFY_CACHE_DIR to "
+                              f"another folder, or run with --no-cache; {keep}", self.path)
+        if "full" in text or "too large" in text or "quota" in text or "i/o error" in text:
+            return InputError(f"cannot write the cache ({e}): free disk space or set RANKIFY_CACHE_DIR to another "
+                              f"disk; {keep}", self.path)
         return InputError(f"cache database unreadable ({e}); delete it or run with --no-cache", self.path)
 
     def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, Any]:

@@ -290,7 +290,8 @@ class Dataset:
         """Fail early and clearly when the folder lacks required files."""
         for p, what in ((self.queries_path, "queries"), (self.qrels_path, "qrels")):
             if not p.is_file():
-                raise InputError(f"file not found (expected the {what} of dataset '{self.name}')", p)
+                state = "a folder, not a file" if p.is_dir() else "not a regular file" if p.exists() else "file not found"
+                raise InputError(f"{state} (expected the {what} of dataset '{self.name}')", p)
 
 
 def detect_layout(root: Path) -> str | None:

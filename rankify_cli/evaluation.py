@@ -16,25 +16,51 @@ from .errors import ConfigError, RankifyError
 from .types import Qrels, Run, sort_candidates
 
 
+MAX_CUTOFF = 2**31 - 1  # trec_eval's cutoffs are C ints
+
+
 def parse_measures(names: list[str]) -> list:
-    """ir-measures objects, and this toolkit's calibration measures (calibration.py) as they are."""
+    """ir-measures objects, and this toolkit's calibration measures (calibration.py) as they are.
+    ir-measures names pytrec_eval could not take are refused here: a cutoff below 1 aborts the
+    process (an assertion in pytrec_eval.cpp), rel below 1 fails after all the work."""
     import ir_measures
 
     from . import calibration
 
     out = []
     for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"a measure must be a name like nDCG@10 (got {name!r})")
         own = calibration.parse(name)
         if own is not None:
             out.append(own)
             continue
         try:
-            out.append(ir_measures.parse_measure(name))
+            m = ir_measures.parse_measure(name)
         except Exception:
             raise ConfigError(
                 f"unknown measure '{name}' (ir-measures syntax, e.g. nDCG@10, R@100, AP(rel=2), RR@10)"
             ) from None
+        params = getattr(m, "params", {}) or {}
+        cutoff, rel = params.get("cutoff"), params.get("rel")
+        if cutoff is not None and (not isinstance(cutoff, int) or not 1 <= cutoff <= MAX_CUTOFF):
+            raise ConfigError(f"measure '{name}': the cutoff must be a whole number from 1 to {MAX_CUTOFF} "
+                              f"(got {cutoff})")
+        if rel is not None and (not isinstance(rel, int) or rel < 1):
+            raise ConfigError(f"measure '{name}': rel must be a relevance grade of at least 1 (got {rel})")
+        out.append(m)
     return out
+
+
+def evaluable_qrels(qrels: Qrels) -> tuple[Qrels, int]:
+    """Negative grades as 0, and how many there were. trec_eval takes only non-negative grades
+    (it uses -1 and -2 itself, for unpooled and unjudged documents): a query judged only below
+    -1 crashes pytrec_eval (a segfault). Every trec_eval measure treats a grade below 1 as not
+    relevant and gives it no gain, so the values are those of the grades as written."""
+    negative = sum(1 for docs in qrels.values() for g in docs.values() if g < 0)
+    if not negative:
+        return qrels, 0
+    return {q: {d: max(0, g) for d, g in docs.items()} for q, docs in qrels.items()}, negative
 
 
 def split_measures(values: list[str] | None) -> list[str]:
@@ -96,6 +122,9 @@ def evaluate(run: Run, qrels: Qrels, measure_names: list[str], rules: EvalRules 
     notes: dict[str, int] = {}
     if rules is not None:
         run, notes = apply_rules(run, rules)
+    qrels, negative = evaluable_qrels(qrels)
+    if negative:
+        notes["negative_grades_as_0"] = negative
     judged = set(qrels)
     ranked = {
         qid: {c.doc_id: float(len(cands) - i) for i, c in enumerate(sort_candidates(cands))}

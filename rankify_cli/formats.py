@@ -6,6 +6,7 @@ what was expected. Nothing here guesses silently: a bad line stops the run.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import math
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InputError
+from .errors import InputError, RankifyError
 from .faults import crashpoint
 from .types import Candidate, Document, Qrels, Query, Run
 
@@ -60,24 +61,39 @@ def iter_jsonl(path: str | Path, what: str) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON ({e.msg}, column {e.colno}); expected {what}", path, no) from None
+        except (ValueError, RecursionError) as e:  # an integer of over 4300 digits, nesting past the stack
+            raise InputError(f"unreadable JSON ({_why(e)}); expected {what}", path, no) from None
         if not isinstance(obj, dict):
             raise InputError(f"expected a JSON object per line ({what}), got {type(obj).__name__}", path, no)
         yield no, obj
 
 
+def _why(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return "an integer with more digits than Python reads" if "digits" in str(e) else str(e).split(":")[0]
+
+
 def _id(obj: dict, key: str, path, no: int, what: str) -> str:
     if key not in obj or obj[key] is None or str(obj[key]).strip() == "":
         raise InputError(f'{what} has no "{key}"', path, no)
-    value = obj[key]
-    if not isinstance(value, (str, int)):
-        raise InputError(f'"{key}" must be a string or integer, got {type(value).__name__}', path, no)
-    return check_id(str(value), path, no)
+    return id_value(obj[key], f'"{key}"', path, no)
 
 
-def check_id(value: str, path, no: int | None) -> str:
+def id_value(value, name: str, path, no: int | None, at: str = "") -> str:
+    """A string or an integer (not a boolean: `true` is no id), held to check_id's rules."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        kind = "boolean" if isinstance(value, bool) else type(value).__name__
+        raise InputError(f'{at}{name} must be a string or integer, got {kind}', path, no)
+    return check_id(str(value), path, no, at)
+
+
+def check_id(value: str, path, no: int | None, at: str = "") -> str:
     """Ids end up in whitespace-separated TREC files: whitespace inside one would corrupt them."""
     if any(ch.isspace() for ch in value):
-        raise InputError(f"id {value!r} contains whitespace, which TREC run and qrels files cannot hold", path, no)
+        raise InputError(f"{at}id {value!r} contains whitespace, which TREC run and qrels files cannot hold", path, no)
+    if not value:
+        raise InputError(f"{at}empty id", path, no)
     return value
 
 
@@ -216,6 +232,8 @@ def read_candidates_json(path: str | Path) -> tuple[list[Query], Run]:
         data = json.loads(read_text(path, what))
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON at line {e.lineno} ({e.msg}); expected {what}", path, e.lineno) from None
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"unreadable JSON ({_why(e)}); expected {what}", path) from None
     if not isinstance(data, list) or not data:
         raise InputError(f"expected {what}", path)
     queries, run, seen = [], {}, {}
@@ -225,20 +243,32 @@ def read_candidates_json(path: str | Path) -> tuple[list[Query], Run]:
             raise InputError(f"{at}: expected {{\"query\": str, \"hits\": list}}", path)
         if not entry["hits"]:
             continue
+        # held to the rules of a TREC run: ids without whitespace, one query, finite scores
         qid = None
         cands, docs_seen = [], set()
         for j, hit in enumerate(entry["hits"]):
+            where = f"{at} hit {j}: "
             if not isinstance(hit, dict) or "docid" not in hit or "qid" not in hit:
-                raise InputError(f'{at} hit {j}: expected "qid" and "docid"', path)
-            qid = str(hit["qid"])
-            doc_id = str(hit["docid"])
+                raise InputError(f'{where}expected "qid" and "docid"', path)
+            hit_qid = id_value(hit["qid"], '"qid"', path, None, where)
+            if qid is not None and hit_qid != qid:
+                raise InputError(f"{where}query '{hit_qid}' in an entry of query '{qid}' (one query per entry)", path)
+            qid = hit_qid
+            doc_id = id_value(hit["docid"], '"docid"', path, None, where)
             if doc_id in docs_seen:
-                raise InputError(f"{at} hit {j}: document '{doc_id}' listed twice for query '{qid}'", path)
+                raise InputError(f"{where}document '{doc_id}' listed twice for query '{qid}'", path)
             docs_seen.add(doc_id)
+            raw = hit.get("score", -j)
             try:
-                score = float(hit.get("score", -j))
+                if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                    raise TypeError
+                score = float(raw)
+            except OverflowError:
+                score = math.inf
             except (TypeError, ValueError):
-                raise InputError(f"{at} hit {j}: score is not a number", path) from None
+                raise InputError(f"{where}score {json.dumps(raw)[:40]} is not a number", path) from None
+            if not math.isfinite(score):
+                raise InputError(f"{where}score {raw!r} is not a finite number", path)
             content = hit.get("content", "")
             if not isinstance(content, str):
                 raise InputError(f"{at} hit {j}: content must be a string", path)
@@ -319,9 +349,27 @@ def read_bright_examples(path: str | Path) -> tuple[list[Query], dict[str, set[s
     return queries, excluded
 
 
+def write_error(e: OSError, path: str | Path) -> RankifyError:
+    """A failed write as one line naming the file: a full disk, a read-only or immutable folder."""
+    where = e.filename or path
+    why = e.strerror or str(e) or type(e).__name__
+    hint = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than this system allows "
+            "(disk quota or ulimit -f)", errno.EDQUOT: "the disk quota is exhausted",
+            errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write here",
+            errno.EPERM: "the folder does not allow writing (read-only or immutable)"}.get(e.errno, "")
+    return RankifyError(f"cannot write ({why}{'; ' + hint if hint else ''}); nothing half-written was left", where)
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     p = Path(path)
+    try:
+        _atomic_write(p, data)
+    except OSError as e:
+        raise write_error(e, p) from None
+
+
+def _atomic_write(p: Path, data: str | bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
     try:
@@ -344,10 +392,16 @@ def atomic_dir(path: str | Path, write) -> None:
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
-        write(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    except OSError as e:
+        raise write_error(e, path) from None
+    try:
+        try:
+            write(tmp)
+        except OSError as e:
+            raise write_error(e, path) from None
         try:
             os.replace(tmp, path)
         except OSError:  # another process finished the same entry first

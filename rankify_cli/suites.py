@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, InputError
+from .errors import InputError
 
 SUITE_KEYS = {"name", "description", "measures", "tolerance", "include", "alpha"}
 CONDITION_KEYS = {"name", "dataset", "retriever", "rerankers", "top_k", "depth", "measures", "expected",
@@ -96,6 +96,34 @@ def _numbers(value, measures: list[str], what: str, where: str, path: Path) -> d
     raise InputError(f"{what} in {where} must be a number or a table of numbers", path)
 
 
+def _text(table: dict, key: str, where: str, path: Path, default: str = "") -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise InputError(f'"{key}" in {where} must be a string, got {_kind(value)}', path)
+    return value
+
+
+def _texts(table: dict, key: str, where: str, path: Path, default: list) -> list[str]:
+    """A list of strings; one string is a list of one."""
+    value = table.get(key, default)
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f'"{key}" in {where} must be a list of strings, got {_kind(value)}', path)
+    return value
+
+
+def _whole(table: dict, key: str, where: str, path: Path, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f'"{key}" in {where} must be a whole number >= 1, got {_kind(value)}', path)
+    return value
+
+
+def _kind(value) -> str:
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
 def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
     from .evaluation import parse_measures
 
@@ -113,14 +141,22 @@ def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
         raise InputError(f"invalid TOML: {e}", p, line or (int(m.group(1)) if m else None)) from None
     _check_keys(data, {"suite", "condition"}, "the file (top level)", p)
     head = data.get("suite", {})
+    if not isinstance(head, dict):
+        raise InputError(f"\"suite\" must be a table ([suite]), got {_kind(head)}", p)
     _check_keys(head, SUITE_KEYS, "[suite]", p)
-    default_measures = head.get("measures", ["nDCG@10"])
+    default_measures = _texts(head, "measures", "[suite]", p, ["nDCG@10"])
     default_tol = head.get("tolerance", 0.005)
     conditions: list[Condition] = []
-    for inc in head.get("include", []):
-        conditions += load_suite(p.parent / inc, (*_stack, p)).conditions
+    for inc in _texts(head, "include", "[suite]", p, []):
+        target = (p.parent / inc).resolve()
+        if not target.is_file():
+            raise InputError(f"include '{inc}': suite file not found (looked for {target})", p)
+        conditions += load_suite(target, (*_stack, p)).conditions
     seen = {c.name for c in conditions}
-    for i, raw in enumerate(data.get("condition", []), 1):
+    raw_conditions = data.get("condition", [])
+    if not isinstance(raw_conditions, list):
+        raise InputError(f"\"condition\" must be an array of tables ([[condition]]), got {_kind(raw_conditions)}", p)
+    for i, raw in enumerate(raw_conditions, 1):
         where = f"condition #{i}" + (f" '{raw.get('name')}'" if isinstance(raw, dict) and raw.get("name") else "")
         if not isinstance(raw, dict):
             raise InputError(f"{where} must be a table ([[condition]])", p)
@@ -131,21 +167,21 @@ def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
         if raw["name"] in seen:
             raise InputError(f"duplicate condition name '{raw['name']}'", p)
         seen.add(raw["name"])
-        measures = raw.get("measures", default_measures)
+        measures = _texts(raw, "measures", where, p, default_measures)
         parse_measures(measures)
         expected = _numbers(raw.get("expected", {}), measures, "expected", where, p)
         parse_measures(list(expected))
         tol = _numbers(raw.get("tolerance", default_tol), list(expected) or measures, "tolerance", where, p)
         missing: list[str] = []
         aliases: dict[str, str] = {}
-        rerankers = raw.get("rerankers", [])
-        if isinstance(rerankers, str):
-            rerankers = [rerankers]
+        rerankers = _texts(raw, "rerankers", where, p, [])
+        for key in ("source", "description", "backend", "base_url", "api_key_env"):
+            _text(raw, key, where, p)
         cond = Condition(
             name=raw["name"], dataset=_expand(raw["dataset"], missing),
             retriever=_expand(raw["retriever"], missing, aliases),
-            rerankers=[_expand(r, missing, aliases) for r in rerankers], top_k=int(raw.get("top_k", 100)),
-            depth=int(raw.get("depth", 1000)), measures=list(dict.fromkeys([*measures, *expected])),
+            rerankers=[_expand(r, missing, aliases) for r in rerankers], top_k=_whole(raw, "top_k", where, p, 100),
+            depth=_whole(raw, "depth", where, p, 1000), measures=list(dict.fromkeys([*measures, *expected])),
             expected=expected, tolerance=tol, source=raw.get("source", ""),
             backend={k: _expand(raw[k], missing) for k in ("backend", "base_url", "api_key_env") if k in raw},
             origin=str(p), aliases=aliases,
@@ -155,7 +191,9 @@ def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
         conditions.append(cond)
     if not conditions:
         raise InputError("suite has no [[condition]]", p)
-    alpha = float(head.get("alpha", 0.05))
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    alpha = head.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise InputError(f"alpha in [suite] must be a number in (0, 1), got {_kind(alpha)}", p)
+    if not isinstance(head.get("name", ""), str):
+        raise InputError(f'"name" in [suite] must be a string, got {_kind(head["name"])}', p)
     return Suite(head.get("name", p.stem), p, conditions, alpha)

@@ -239,7 +239,10 @@ class NeuralReranker(Reranker):
                 "trust_remote_code": self.trust_remote_code, **self.extra_config()}
 
     def cache_fingerprint(self) -> str:
-        return fingerprint(self.config())
+        cfg = self.config()
+        if local_folder(self.model):  # a folder is what its content fingerprint says, wherever it lies
+            cfg = {k: v for k, v in cfg.items() if k != "model"}
+        return fingerprint(cfg)
 
     def load_key(self, *extra) -> tuple:
         return (type(self).__name__, self.model, self.revision, self.dtype, self.device, self.trust_remote_code, *extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -136,6 +137,8 @@ class BM25(Retriever):
         if backend not in BACKENDS:
             raise ValueError(f"unknown BM25 backend '{backend}' (known: {', '.join(BACKENDS)})")
         self.backend, self.k1, self.b = backend, float(k1), float(b)
+        if not (math.isfinite(self.k1) and self.k1 >= 0) or not (math.isfinite(self.b) and 0 <= self.b <= 1):
+            raise ValueError(f"k1 must be a finite number >= 0 and b a number in [0, 1] (got k1={k1}, b={b})")
         self.lucene_norms = bool(lucene_norms)
         self.analyzer = Analyzer(stopwords=stopwords, stemmer=stemmer)
         self.spec = "bm25" if backend == "bm25s" else f"bm25:{backend}"

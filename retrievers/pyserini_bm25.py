@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -148,6 +149,8 @@ class PyseriniBM25(Retriever):
         if fields not in FIELDS:
             raise ValueError(f"fields must be one of {', '.join(FIELDS)} (got {fields!r})")
         self.k1, self.b, self.fields = float(k1), float(b), fields
+        if not (math.isfinite(self.k1) and self.k1 >= 0) or not (math.isfinite(self.b) and 0 <= self.b <= 1):
+            raise ValueError(f"k1 must be a finite number >= 0 and b a number in [0, 1] (got k1={k1}, b={b})")
         self.threads = max(1, int(threads))
         self.max_heap = max_heap
         self.spec = "bm25:pyserini"

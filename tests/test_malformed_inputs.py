@@ -61,6 +61,30 @@ def _cases():
         ("unknown-measure", {}, ["--metrics", "nDCG@ten"], "unknown measure 'nDCG@ten'"),
         ("non-positive-top-k", {}, ["--top-k", "0"], "must be positive"),
         ("missing-run-name", {}, ["--retriever", "run:bm25"], "no pre-retrieved run 'bm25'"),
+        # issue 15: each was exit 3, a crash, or a misleading line
+        ("corpus-5000-digit-integer", dict(corpus=jl([DOCS[0], '{"_id": "d2", "text": "x", "n": ' + "7" * 5000 + "}"])),
+         [], "corpus.jsonl:2: unreadable JSON (an integer with more digits than Python reads)"),
+        ("beir-id-true", dict(corpus=jl([DOCS[0], {"_id": True, "text": "x"}])), [],
+         'corpus.jsonl:2: "_id" must be a string or integer, got boolean'),
+        ("query-id-false", dict(queries=jl([QUERIES[0], {"_id": False, "text": "x"}])), [],
+         'queries.jsonl:2: "_id" must be a string or integer, got boolean'),
+        ("corpus-nested-too-deeply", dict(corpus=jl([DOCS[0], '{"_id": "d2", "text": "x", "n": ' + "[" * 100_000
+                                                    + "]" * 100_000 + "}"])), [], "corpus.jsonl:2: unreadable JSON"),
+        ("bm25-k1-nan", {}, ["--retriever", "bm25?k1=nan"], "k1 must be a finite number >= 0"),
+        ("bm25-k1-inf", {}, ["--retriever", "bm25?k1=inf"], "k1 must be a finite number >= 0"),
+        ("bm25-k1-negative", {}, ["--retriever", "bm25?k1=-1"], "k1 must be a finite number >= 0"),
+        ("bm25-b-over-one", {}, ["--retriever", "bm25?b=1.5"], "b a number in [0, 1]"),
+        ("measure-cutoff-zero", {}, ["--metrics", "nDCG@0"],
+         "measure 'nDCG@0': the cutoff must be a whole number from 1 to 2147483647 (got 0)"),
+        ("measure-cutoff-fraction", {}, ["--metrics", "P@1.5"], "measure 'P@1.5': the cutoff must be a whole number"),
+        ("measure-rel-zero", {}, ["--metrics", "AP(rel=0)"], "measure 'AP(rel=0)': rel must be a relevance grade"),
+        ("llm-timeout-negative", {}, ["--reranker", "listwise:m?backend=openai&base_url=http://127.0.0.1:9/v1&timeout=-1"],
+         "timeout must be a finite number > 0 (got -1)"),
+        ("llm-max-retries-negative", {},
+         ["--reranker", "listwise:m?backend=openai&base_url=http://127.0.0.1:9/v1&max_retries=-1"],
+         "max_retries must be a finite number >= 0 (got -1)"),
+        ("rerank-api-timeout-zero", {}, ["--reranker", "rerank-api:m?base_url=http://127.0.0.1:9&timeout=0"],
+         "timeout must be a finite number > 0 (got 0)"),
     ]
 
 
@@ -103,6 +127,49 @@ def test_corrupt_gzip(cli, tmp_path):
     (ds / "corpus.jsonl.gz").write_bytes(gzip.compress(b'{"_id": "d1", "text": "x"}\n')[:15])
     r = cli("run", "--dataset", str(ds), "-o", str(tmp_path / "out"))
     assert_clean_error(r, "corpus.jsonl.gz: not a valid gzip file")
+
+
+def test_qrels_path_that_is_a_folder(cli, tmp_path):
+    ds = write_beir(tmp_path / "ds")
+    (ds / "qrels" / "test.tsv").unlink()
+    (ds / "qrels" / "test.tsv").mkdir()
+    r = cli("run", "--dataset", str(ds), "-o", str(tmp_path / "out"))
+    assert_clean_error(r, "test.tsv: a folder, not a file (expected the qrels of dataset 'ds')")
+    (tmp_path / "my.run").write_text("q1 Q0 d1 1 3.5 tag\n")
+    r = cli("eval", str(tmp_path / "my.run"), "--qrels", str(ds / "qrels" / "test.tsv"))
+    assert_clean_error(r, "test.tsv: not a regular file (expected qrels lines")
+
+
+# rank_llm candidate files are held to the rules of TREC runs (issue 15)
+CANDIDATE_CASES = [
+    ("docid-with-space", [{"qid": "q1", "docid": "d 1", "score": 2.0}],
+     "entry 0 hit 0: id 'd 1' contains whitespace"),
+    ("qid-with-tab", [{"qid": "q\t1", "docid": "d1", "score": 2.0}], "entry 0 hit 0: id 'q\\t1' contains whitespace"),
+    ("nan-score", [{"qid": "q1", "docid": "d1", "score": float("nan")}], "entry 0 hit 0: score nan is not a finite number"),
+    ("infinite-score", '[{"query": "fleas", "hits": [{"qid": "q1", "docid": "d1", "score": 1e999}]}]',
+     "entry 0 hit 0: score inf is not a finite number"),
+    ("score-not-a-number", [{"qid": "q1", "docid": "d1", "score": [1]}], "entry 0 hit 0: score [1] is not a number"),
+    ("score-true", [{"qid": "q1", "docid": "d1", "score": True}], "entry 0 hit 0: score true is not a number"),
+    ("mixed-qids", [{"qid": "q1", "docid": "d1", "score": 2.0}, {"qid": "q2", "docid": "d3", "score": 1.0}],
+     "entry 0 hit 1: query 'q2' in an entry of query 'q1' (one query per entry)"),
+    ("qid-true", [{"qid": True, "docid": "d1", "score": 2.0}], 'entry 0 hit 0: "qid" must be a string or integer, got boolean'),
+    ("docid-object", [{"qid": "q1", "docid": {"id": 1}, "score": 2.0}],
+     'entry 0 hit 0: "docid" must be a string or integer, got dict'),
+    ("docid-empty", [{"qid": "q1", "docid": "", "score": 2.0}], "entry 0 hit 0: empty id"),
+    ("5000-digit-score", '[{"query": "fleas", "hits": [{"qid": "q1", "docid": "d1", "score": ' + "9" * 5000 + "}]}]",
+     "unreadable JSON (an integer with more digits than Python reads)"),
+]
+
+
+@pytest.mark.parametrize("name,hits,expected", CANDIDATE_CASES, ids=[c[0] for c in CANDIDATE_CASES])
+def test_bad_candidate_json(cli, tmp_path, name, hits, expected):
+    ds = write_beir(tmp_path / "ds")
+    bad = tmp_path / "cands.json"
+    bad.write_text(hits if isinstance(hits, str) else json.dumps([{"query": "how long do fleas live", "hits": hits}]))
+    out = tmp_path / "out"
+    r = cli("run", "--dataset", str(ds), "-r", f"run:{bad}", "-o", str(out))
+    assert_clean_error(r, f"cands.json: {expected}" if not expected.startswith("unreadable") else expected)
+    assert not out.exists()
 
 
 def test_missing_qrels_file(cli, tmp_path):
