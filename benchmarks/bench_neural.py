@@ -70,7 +70,7 @@ def main() -> None:
     spec = f"embedding:{args.model}?batch_size={args.batch_size}"
     toolkit = registry.build("reranker", spec)
     st = SentenceTransformer(args.model, device="cpu")
-    st.max_seq_length = toolkit.max_length if toolkit.backend == "sentence-transformers" else st.max_seq_length
+    st.max_seq_length = toolkit.max_length if toolkit.model_format == "sentence-transformers" else st.max_seq_length
 
     # warm-up both paths (first calls allocate, load kernels)
     warm = [(items[0][0], items[0][1][:8])]

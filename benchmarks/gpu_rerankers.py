@@ -73,11 +73,12 @@ def bare_forward(rr, items, torch, device) -> float:
 
     pairs = [(q.text, c.text) for q, cands in items for c in cands]
     family = type(rr).__name__
+    tok = rr.tokenizer()
     if family == "CrossEncoder":
-        tok, model = rr._load()
+        model = rr.backend._model("seq-cls")
         ids, types = rr.encode(pairs)
     else:
-        tok, model, _ = rr._load()
+        model = rr.backend._model("causal")
         ids, types = rr.encode(pairs), None
     side = "left" if family != "CrossEncoder" else "right"
     batches = []

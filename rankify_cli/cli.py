@@ -93,7 +93,7 @@ def run(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding datasets (default: $RANKIFY_DATA_DIR)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: $RANKIFY_CACHE_DIR or ~/.cache/rankify-cli)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write cached indexes and scores."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="LLM rerankers: hf (local transformers, default) or openai (any OpenAI-compatible server)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Where every neural reranker's model runs: hf (local transformers, default), vllm (in-process vLLM) or openai (any OpenAI-compatible server: vLLM, SGLang, TEI, OpenAI)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server(s), '|'-separated (default: $OPENAI_BASE_URL)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key (default OPENAI_API_KEY); the key is never written anywhere."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
@@ -142,11 +142,11 @@ def check_output(output: Path) -> None:
 
 
 def backend_defaults(backend: str | None, base_url: str | None, api_key_env: str | None) -> dict:
-    """CLI-wide LLM backend flags, applied to every reranker whose constructor takes them."""
-    if backend is not None and backend not in ("hf", "openai"):
+    """CLI-wide backend flags, applied to every reranker whose constructor takes them."""
+    if backend is not None and backend not in ("hf", "vllm", "openai"):
         from .errors import ConfigError
 
-        raise ConfigError(f"--backend must be 'hf' or 'openai', got '{backend}'")
+        raise ConfigError(f"--backend must be 'hf', 'vllm' or 'openai', got '{backend}'")
     if backend == "openai" and base_url is None:
         base_url = os.environ.get("OPENAI_BASE_URL")
     return {"backend": backend, "base_url": base_url, "api_key_env": api_key_env}

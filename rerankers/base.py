@@ -21,6 +21,8 @@ from rankify_cli import model_ids
 from rankify_cli.faults import crashpoint
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
+from .backends import HTTP_BACKENDS, Backend, check_kind, make_backend
+
 # (class, model, revision, dtype, device, trust_remote_code, extra) -> loaded object(s)
 _LOADED: dict[tuple, Any] = {}
 _LOAD_LOCK = threading.Lock()
@@ -179,15 +181,20 @@ def pair_key(config_fp: str, query_text: str, doc_text: str) -> str:
 class NeuralReranker(Reranker):
     """A reranker that scores (query text, document text) pairs with a local model.
 
-    Subclasses implement `_compute(pairs, ctx)` (fresh scores for uncached pairs) and may
-    override `_pairs(query, candidates)` when the query side is built from the list (E2Rank).
+    Subclasses render their inputs (token ids, texts) and implement `_compute(pairs, ctx)`
+    (fresh scores for uncached pairs) by asking `self.backend` for an operation over
+    `map_batches`; they may override `_pairs(query, candidates)` when the query side is built
+    from the list (E2Rank). `backend=hf|vllm|openai` picks where the model runs.
     """
 
     family = "neural"
     default_max_length = 512
 
     def __init__(self, model: str, batch_size: int = 32, max_length: int | None = None, device: str | None = None,
-                 dtype: str | None = None, revision: str | None = None, trust_remote_code: bool = False):
+                 dtype: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
+                 max_per_replica: int | None = None, protocol: str = "score"):
         if not model:
             raise ConfigError(f"reranker '{self.family}' needs a model: --reranker {self.family}:MODEL")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -202,11 +209,24 @@ class NeuralReranker(Reranker):
         if not isinstance(trust_remote_code, bool):
             raise ConfigError("trust_remote_code must be true or false")
         self.trust_remote_code = trust_remote_code
+        # where the model runs (backends/): the family renders, the backend computes
+        self.backend_kind = check_kind(backend)
+        if int(concurrency) < 1:
+            raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+        self.served_model = str(served_model) if served_model else None
+        self._remote = {"base_url": base_url, "api_key_env": api_key_env, "concurrency": int(concurrency),
+                        "timeout": float(timeout), "max_retries": int(max_retries), "served_model": self.served_model,
+                        "protocol": protocol, "max_per_replica": max_per_replica}
+        self._backend = None
         self.sort_batches = True  # benchmarks switch it off to measure the gain
-        self.forward_calls = 0
         self._fp: str | None = None
-        self._resolved: tuple[str, str] | None = None
+        self._resolved: tuple[str, str | None] | None = None
         self.timings: dict[str, float] = {}
+        self._stats_lock = threading.Lock()
+        if self.backend_kind in HTTP_BACKENDS:  # a missing or bad base URL is a spec error, not a mid-run one
+            from .backends.http import HTTPClient, split_urls
+
+            HTTPClient(split_urls(base_url or os.environ.get("OPENAI_BASE_URL")), None, 1.0, 0, 0.0)
 
     # -- settings ------------------------------------------------------------------------
     @property
@@ -217,11 +237,35 @@ class NeuralReranker(Reranker):
     def dtype(self) -> str:
         return self._resolve()[1]
 
-    def _resolve(self) -> tuple[str, str]:
+    def _resolve(self) -> tuple[str, str | None]:
         if self._resolved is None:
-            device = pick_device(self._device_opt)
-            self._resolved = (device, pick_dtype(self._dtype_opt, device))
+            if self.backend_kind != "hf":  # the server or vLLM engine picks its device and dtype
+                self._resolved = (self.backend_kind, self._dtype_opt)
+            else:
+                device = pick_device(self._device_opt)
+                self._resolved = (device, pick_dtype(self._dtype_opt, device))
         return self._resolved
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that runs the model (made on first use: a cached rerun loads nothing)."""
+        if self._backend is None:
+            opts = dict(self._remote) if self.backend_kind != "hf" else {}
+            if self.backend_kind != "openai":
+                opts.update(device=self.device if self.backend_kind == "hf" else self._device_opt, dtype=self.dtype,
+                            revision=self.revision, trust_remote_code=self.trust_remote_code,
+                            max_length=self.max_length)
+            self._backend = make_backend(self.backend_kind, self.model, family=self.family, **opts,
+                                         **self.backend_options())
+        return self._backend
+
+    def backend_options(self) -> dict:
+        """What this family tells its backend about the model (e.g. an embedding folder's format)."""
+        return {}
+
+    @property
+    def forward_calls(self) -> int:
+        return self._backend.forward_calls if self._backend is not None else 0
 
     @property
     def model_fingerprint(self) -> str:
@@ -234,9 +278,15 @@ class NeuralReranker(Reranker):
         return {}
 
     def config(self) -> dict:
-        return {"family": self.family, "model": self.model, "revision": self.revision,
-                "model_fingerprint": self.model_fingerprint, "dtype": self.dtype, "max_length": self.max_length,
-                "trust_remote_code": self.trust_remote_code, **self.extra_config()}
+        cfg = {"family": self.family, "model": self.model, "revision": self.revision,
+               "model_fingerprint": self.model_fingerprint, "dtype": self.dtype, "max_length": self.max_length,
+               "trust_remote_code": self.trust_remote_code, **self.extra_config()}
+        if self.backend_kind != "hf":  # hf runs keep their cache keys; others differ in the last digits
+            cfg.update(backend=self.backend_kind, served_model=self.served_model or self.model)
+            cfg.update({k: v for k, v in self.backend.cache_identity().items() if k not in ("backend", "model")})
+            if self.backend_kind in HTTP_BACKENDS and self.family == "cross-encoder":
+                cfg["protocol"] = self._remote["protocol"]
+        return cfg
 
     def cache_fingerprint(self) -> str:
         cfg = self.config()
@@ -260,10 +310,44 @@ class NeuralReranker(Reranker):
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
         raise NotImplementedError
 
-    def forward(self, model, **inputs):
-        """Every model call goes through here, so tests and stats can count them."""
-        self.forward_calls += 1
-        return model(**inputs)
+    def count(self, ctx: StageContext | None, key: str, n: int = 1) -> None:
+        """A stats counter that batches running side by side (HTTP) may bump at once."""
+        if ctx is not None and n:
+            with self._stats_lock:
+                ctx.stats[key] += n
+
+    def map_batches(self, lengths: Sequence[int], run: Callable[[list[int]], list], emit: bool = False) -> list:
+        """Run `run(batch of indices)` over length-sorted batches and put its results back in
+        input order. Local backends run one batch at a time; HTTP backends keep up to
+        `concurrency` batches in flight. With emit, each finished batch's scores are stored at once."""
+        out: list = [None] * len(lengths)
+        batches = length_batches(lengths, self.batch_size, self.sort_batches)
+
+        def done(batch, values):
+            if len(values) != len(batch):
+                raise RuntimeError(f"the {self.backend_kind} backend returned {len(values)} results for {len(batch)} inputs")
+            for i, v in zip(batch, values):
+                out[i] = v
+            if emit:
+                self.emit(batch, values)
+
+        workers = min(self.backend.concurrency, len(batches))
+        if workers <= 1:
+            for b in batches:
+                done(b, run(b))
+            return out
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.family}-batch") as pool:
+            futures = {pool.submit(run, b): b for b in batches}
+            try:
+                for f in as_completed(futures):
+                    done(futures[f], f.result())  # stored from this thread only
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return out
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         out: list[list[Candidate]] = [[] for _ in items]
@@ -303,6 +387,8 @@ class NeuralReranker(Reranker):
             fresh = {k: float(s) for k, s in zip(todo, scores)}
             ctx.stats["scored_pairs"] += len(fresh)
             ctx.stats["forward_calls"] += self.forward_calls - before
+            for k, v in self.backend.stats().items():
+                ctx.stats[k] = v
             if ctx.store is not None:
                 ctx.store.put_many(self.family, fresh)
         for i in chunk:
@@ -324,7 +410,7 @@ class NeuralReranker(Reranker):
         if self._sink is None or self._sink[1].store is None:
             return
         self._sink[2].append((batch, scores))
-        if self.device != "cuda" or len(self._sink[2]) >= FLUSH_BATCHES_CUDA:
+        if not str(self.device).startswith("cuda") or len(self._sink[2]) >= FLUSH_BATCHES_CUDA:
             self._flush()
         crashpoint("rerank-batch")
 

@@ -2,36 +2,34 @@
 
 The tokenizer builds the pair input; only the document is truncated (to max_length, 512 by
 default), so the query is always kept whole. A 1-logit head gives the score directly; a
-2-logit head (monoBERT style) gives logit[1] - logit[0].
+2-logit head (monoBERT style) gives logit[1] - logit[0]. The backend scores the rendered
+pairs (`pair_scores`): locally from the token ids, on a server (vLLM `/v1/score`, `/rerank`,
+TEI) from the texts with the server's copy of the same tokenizer.
 """
 
 from __future__ import annotations
 
-from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext
 
-from .base import NeuralReranker, gather_scores, length_batches, load_once, pad, require_torch, torch_dtype
+from .backends import Pair
+from .base import NeuralReranker, load_once
 
 
 class CrossEncoder(NeuralReranker):
     family = "cross-encoder"
     default_max_length = 512
 
-    def _load(self):
+    def tokenizer(self):
         def loader():
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
-            model.to(self.device).eval()
-            return tok, model
+            return AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
 
-        return load_once(self.load_key(), loader, self.model, self.family)
+        return load_once(self.load_key("tokenizer"), loader, self.model, self.family)
 
     def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None):
         """Token ids (and token type ids) per pair, document side truncated."""
-        tok, _ = self._load()
+        tok = self.tokenizer()
         queries = [q for q, _ in pairs]
         docs = [d for _, d in pairs]
         enc = tok(queries, docs, truncation=False, add_special_tokens=True, verbose=False)
@@ -54,27 +52,24 @@ class CrossEncoder(NeuralReranker):
                 ctx.stats["truncated_documents"] += len(long)
         return ids, types
 
-    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
-        torch = require_torch()
-        tok, model = self._load()
+    def render(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[Pair]:
+        """What the backend receives: token ids for a local model, and for a server (which
+        tokenizes the pair itself) the texts, a cut document written as its kept tokens."""
+        tok = self.tokenizer()
         ids, types = self.encode(pairs, ctx)
+        out = []
+        for i, (q, d) in enumerate(pairs):
+            t = types[i] if types is not None else None
+            if t is not None and len(ids[i]) == self.max_length and 1 in t:  # maybe cut: the kept document tokens
+                kept = tok.decode([x for x, k in zip(ids[i], t) if k == 1], skip_special_tokens=True)
+                if len(kept) < len(d.strip()):
+                    d = kept
+            out.append(Pair(q, d, ids[i], t))
+        return out
+
+    def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        tok = self.tokenizer()
+        rendered = self.render(pairs, ctx)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        parts = []
-        with torch.inference_mode():
-            for batch in length_batches([len(s) for s in ids], self.batch_size, self.sort_batches):
-                input_ids, mask = pad([ids[i] for i in batch], pad_id, "right")
-                inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-                if types is not None:
-                    tt, _ = pad([types[i] for i in batch], 0, "right")
-                    inputs["token_type_ids"] = tt.to(self.device)
-                logits = self.forward(model, **inputs).logits.float()
-                if logits.shape[-1] == 1:
-                    s = logits[:, 0]
-                elif logits.shape[-1] == 2:
-                    s = logits[:, 1] - logits[:, 0]
-                else:
-                    raise ConfigError(f"model '{self.model}' has {logits.shape[-1]} output labels; "
-                                      "a cross-encoder needs 1 (relevance logit) or 2 (not relevant, relevant)")
-                parts.append((batch, s))
-                self.emit(batch, s)
-        return gather_scores(parts, len(pairs))
+        return self.map_batches([len(p.ids) for p in rendered],
+                                lambda b: self.backend.pair_scores([rendered[i] for i in b], pad_id=pad_id), emit=True)

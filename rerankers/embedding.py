@@ -25,8 +25,7 @@ from pathlib import Path
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import Candidate, Query, StageContext, fingerprint
 
-from .base import (NeuralReranker, length_batches, load_once, local_folder, pad, read_template, require_torch,
-                   torch_dtype)
+from .base import NeuralReranker, load_once, local_folder, read_template
 
 POOLINGS = ("auto", "mean", "cls", "last")
 
@@ -63,27 +62,33 @@ class Embedding(NeuralReranker):
     def __init__(self, model: str, pooling: str = "auto", query_prefix: str = "", document_prefix: str = "",
                  document_suffix: str = "", batch_size: int = 32, max_length: int | None = None,
                  device: str | None = None, dtype: str | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
+                 max_per_replica: int | None = None):
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)} (got {pooling!r})")
         self._max_length_opt = max_length
         super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
-                         revision=revision, trust_remote_code=trust_remote_code)
+                         revision=revision, trust_remote_code=trust_remote_code,
+                         backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         timeout=timeout, max_retries=max_retries, served_model=served_model,
+                         max_per_replica=max_per_replica)
         self.pooling_opt = pooling
         self.query_prefix, self.document_prefix = str(query_prefix), str(document_prefix)
         self.document_suffix_opt = str(document_suffix)
-        self._backend: str | None = None
+        self._format: str | None = None
         self._st_max: int | None = None
 
     # -- settings ------------------------------------------------------------------------
     @property
-    def backend(self) -> str:
+    def model_format(self) -> str:
         """'sentence-transformers' when the model is a sentence-transformers folder and
         pooling is left to it; else 'transformers'."""
-        if self._backend is None:
+        if self._format is None:
             is_st = _model_file(self.model, "modules.json", self.revision) is not None
-            self._backend = "sentence-transformers" if is_st and self.pooling_opt == "auto" else "transformers"
-            if self._backend == "sentence-transformers" and self._max_length_opt is None:
+            self._format = "sentence-transformers" if is_st and self.pooling_opt == "auto" else "transformers"
+            if self._format == "sentence-transformers" and self._max_length_opt is None:
                 cfg = _model_file(self.model, "sentence_bert_config.json", self.revision)
                 if cfg:
                     try:
@@ -92,16 +97,21 @@ class Embedding(NeuralReranker):
                         self._st_max = None
                 if self._st_max:
                     self.max_length = self._st_max
-        return self._backend
+        return self._format
 
     @property
     def pooling(self) -> str:
-        if self.backend == "sentence-transformers":
+        if self.model_format == "sentence-transformers":
             return "model"
         return self.default_pooling if self.pooling_opt == "auto" else self.pooling_opt
 
+    def backend_options(self) -> dict:
+        return {"model_format": self.model_format}
+
     def extra_config(self) -> dict:
-        return {"backend": self.backend, "pooling": self.pooling, "max_length": self.max_length,
+        # "backend" names the local loading path, as before the backends layer (cache keys stay);
+        # another backend adds its own name in config()
+        return {"backend": self.model_format, "pooling": self.pooling, "max_length": self.max_length,
                 "query_prefix": self.query_prefix, "document_prefix": self.document_prefix,
                 "document_suffix": self.document_suffix, "similarity": "cosine"}
 
@@ -109,33 +119,7 @@ class Embedding(NeuralReranker):
     def document_suffix(self) -> str:
         return self.document_suffix_opt
 
-    # -- model ---------------------------------------------------------------------------
-    def _load(self):
-        backend = self.backend
-
-        def loader():
-            if backend == "sentence-transformers":
-                from sentence_transformers import SentenceTransformer
-
-                kw = {"revision": self.revision} if self.revision else {}
-                st = SentenceTransformer(self.model, device=self.device, trust_remote_code=self.trust_remote_code,
-                                         **kw)
-                if self.dtype != "float32":
-                    st.to(torch_dtype(self.dtype))
-                st.eval()
-                return st.tokenizer, st
-            from transformers import AutoModel, AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
-            model = AutoModel.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
-            model.to(self.device).eval()
-            return tok, model
-
-        tok, model = load_once(self.load_key(backend), loader, self.model, self.family)
-        if backend == "sentence-transformers":
-            model.max_seq_length = self.max_length
-        return tok, model
-
+    # -- tokenizer -----------------------------------------------------------------------
     def tokenizer(self):
         """The tokenizer alone (building prompts must not load the weights: cached reruns skip them)."""
         def loader():
@@ -143,7 +127,8 @@ class Embedding(NeuralReranker):
 
             path = self.model
             folder = local_folder(self.model)
-            modules = _model_file(self.model, "modules.json", self.revision) if self.backend == "sentence-transformers" else None
+            modules = (_model_file(self.model, "modules.json", self.revision)
+                       if self.model_format == "sentence-transformers" else None)
             if folder and modules:
                 try:
                     sub = json.loads(Path(modules).read_text())[0].get("path", "")
@@ -155,44 +140,29 @@ class Embedding(NeuralReranker):
         return load_once(self.load_key("tokenizer"), loader, self.model, self.family)
 
     # -- embedding -----------------------------------------------------------------------
-    def embed(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document"):
-        """L2-normalised embeddings (a float32 CPU tensor), one row per text."""
-        torch = require_torch()
-        tok, model = self._load()
-        if not texts:
-            return torch.zeros((0, 1))
-        lengths = [len(x) for x in tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]]
-        if ctx is not None:
-            ctx.stats[f"truncated_{kind}s"] += sum(1 for n in lengths if n > self.max_length)
-        out = [None] * len(texts)
-        with torch.inference_mode():
-            for batch in length_batches(lengths, self.batch_size, self.sort_batches):
-                chunk = [texts[i] for i in batch]
-                if self.backend == "sentence-transformers":
-                    prep = getattr(model, "preprocess", None) or model.tokenize
-                    feats = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in prep(chunk).items()}
-                    emb = self.forward(model, input=feats)["sentence_embedding"]
-                else:
-                    emb = self._hf_embed(tok, model, chunk)
-                emb = torch.nn.functional.normalize(emb.float(), p=2, dim=-1).cpu()
-                for i, row in zip(batch, emb):
-                    out[i] = row
-        return torch.stack(out)
+    def render_ids(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document") -> list[list[int]]:
+        """Token ids of each text as the model's tokenizer writes them (special tokens added,
+        cut at max_length as sentence-transformers cuts): what every backend embeds."""
+        tok = self.tokenizer()
+        ids = tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        long = [i for i, s in enumerate(ids) if len(s) > self.max_length]
+        if long:
+            cut = tok([texts[i] for i in long], add_special_tokens=True, truncation=True, max_length=self.max_length,
+                      verbose=False)["input_ids"]
+            for i, c in zip(long, cut):
+                ids[i] = c
+        self.count(ctx, f"truncated_{kind}s", len(long))
+        return ids
 
-    def _hf_embed(self, tok, model, chunk: list[str]):
-        torch = require_torch()
-        enc = tok(chunk, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+    def embed(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document") -> list[list[float]]:
+        """L2-normalised embeddings, one row (a list of floats) per text."""
+        if not texts:
+            return []
+        ids = self.render_ids(texts, ctx, kind)
+        tok = self.tokenizer()
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        ids, mask = pad(enc, pad_id, "right")
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.forward(model, input_ids=ids, attention_mask=mask).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if self.pooling == "last":
-            last = mask.sum(dim=1) - 1
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        return self.map_batches([len(s) for s in ids], lambda b: self.backend.embed(
+            [ids[i] for i in b], pad_id=pad_id, pooling=self.pooling))
 
     # -- scoring -------------------------------------------------------------------------
     def query_text(self, query: Query, candidates: list[Candidate]) -> str:
@@ -206,8 +176,10 @@ class Embedding(NeuralReranker):
         return [(q, self.document_text(c.text)) for c in candidates]
 
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
+        import numpy as np
+
         qs = list(dict.fromkeys(q for q, _ in pairs))
-        qe = self.embed(qs, ctx, "querie")
+        qe = np.asarray(self.embed(qs, ctx, "querie"), dtype=np.float32)
         qi = {q: i for i, q in enumerate(qs)}
         # A document shared by many queries' candidate lists (most of a BEIR corpus) is embedded
         # once per run, not once per chunk: the memo holds this model's document vectors.
@@ -216,7 +188,7 @@ class Embedding(NeuralReranker):
         if len(memo) + len(new) > DOC_MEMO_MAX:
             memo.clear()
         if new:
-            memo.update(zip(new, self.embed(new, ctx, "document")))
+            memo.update(zip(new, np.asarray(self.embed(new, ctx, "document"), dtype=np.float32)))
         ctx.stats["documents_embedded"] += len(new)
         return [float(qe[qi[q]] @ memo[d]) for q, d in pairs]
 
@@ -229,7 +201,10 @@ class E2Rank(Embedding):
     def __init__(self, model: str, task: str | None = None, top_k: int = 20, document_words: int = 1024,
                  pooling: str = "auto", batch_size: int = 8, max_length: int | None = None,
                  device: str | None = None, dtype: str | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False, template: str = "e2rank"):
+                 trust_remote_code: bool = False,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
+                 max_per_replica: int | None = None, template: str = "e2rank"):
         self.template_name, self.t = read_template(str(template))
         if self.t.get("kind") != "embedding":
             raise ConfigError(f"template '{template}' is not an embedding (e2rank) template")
@@ -238,7 +213,10 @@ class E2Rank(Embedding):
         if not isinstance(document_words, int) or document_words < 1:
             raise ConfigError(f"document_words must be a positive integer (got {document_words!r})")
         super().__init__(model, pooling=pooling, batch_size=batch_size, max_length=max_length, device=device,
-                         dtype=dtype, revision=revision, trust_remote_code=trust_remote_code)
+                         dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
+                         backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         timeout=timeout, max_retries=max_retries, served_model=served_model,
+                         max_per_replica=max_per_replica)
         self.task = str(task) if task is not None else self.t["task"]
         self.top_k = top_k
         self.document_words = document_words

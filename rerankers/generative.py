@@ -5,7 +5,9 @@ One user message (template `erank` by default) asks for a relevance score inside
 block; the score is N x P(N), P being the probability the model gave the token(s) spelling N
 (product over the digits when N takes several tokens). Text that cannot be parsed (no
 answer tag, a number out of range, thinking that never ended) scores -1, below every parsed
-score, and is counted in stats["parse_failures"].
+score, and is counted in stats["parse_failures"]. The backend continues the rendered token ids
+greedily and returns each token's probability (`generate_ids`): locally from the logits, on a
+vLLM server from `/v1/completions` log-probabilities.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext, fingerprint
 
-from .base import NeuralReranker, length_batches, load_once, pad, read_template, require_torch, torch_dtype
+from .base import NeuralReranker, load_once, read_template
 
 FAILED = -1.0
 _FIELD = re.compile(r"\{(query|document|instruction)\}")
@@ -27,13 +29,19 @@ class Generative(NeuralReranker):
     def __init__(self, model: str, template: str = "erank", instruction: str | None = None,
                  max_new_tokens: int | None = None, batch_size: int = 8, max_length: int | None = None,
                  device: str | None = None, dtype: str | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
+                 max_per_replica: int | None = None):
         self.template_name, self.t = read_template(str(template))
         if self.t.get("kind") != "generative":
             raise ConfigError(f"template '{template}' is not a generative template")
         self.default_max_length = int(self.t.get("max_length", 8192))
         super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
-                         revision=revision, trust_remote_code=trust_remote_code)
+                         revision=revision, trust_remote_code=trust_remote_code,
+                         backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         timeout=timeout, max_retries=max_retries, served_model=served_model,
+                         max_per_replica=max_per_replica)
         self.instruction = str(instruction) if instruction is not None else self.t.get("instruction", "")
         self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else self.t.get("max_new_tokens", 1024))
         if self.max_new_tokens < 1:
@@ -45,17 +53,15 @@ class Generative(NeuralReranker):
         return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
                 "instruction": self.instruction, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
 
-    def _load(self):
+    def tokenizer(self):
         def loader():
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
             tok.padding_side = "left"
-            model = AutoModelForCausalLM.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
-            model.to(self.device).eval()
-            return tok, model
+            return tok
 
-        return load_once(self.load_key("generative"), loader, self.model, self.family)
+        return load_once(self.load_key("tokenizer"), loader, self.model, self.family)
 
     # -- prompts -------------------------------------------------------------------------
     def user_message(self, query: str, document: str) -> str:
@@ -63,14 +69,14 @@ class Generative(NeuralReranker):
         return _FIELD.sub(lambda m: values[m.group(1)], self.t["user"])
 
     def prompt_text(self, query: str, document: str) -> str:
-        tok = self._load()[0]
+        tok = self.tokenizer()
         messages = [{"role": "user", "content": self.user_message(query, document)}]
         if not getattr(tok, "chat_template", None):
             raise ConfigError(f"model '{self.model}' has no chat template; the generative family needs one")
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[list[int]]:
-        tok = self._load()[0]
+        tok = self.tokenizer()
         out = []
         for q, d in pairs:
             ids = tok(self.prompt_text(q, d), add_special_tokens=False, verbose=False)["input_ids"]
@@ -134,35 +140,17 @@ class Generative(NeuralReranker):
 
     # -- scoring -------------------------------------------------------------------------
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
-        torch = require_torch()
-        tok, model = self._load()
+        tok = self.tokenizer()
         ids = self.encode(pairs, ctx)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        eos = set()
-        for e in (model.generation_config.eos_token_id, tok.eos_token_id):
-            eos |= set(e) if isinstance(e, (list, tuple)) else ({e} if e is not None else set())
-        scores = [FAILED] * len(pairs)
-        with torch.inference_mode():
-            for batch in length_batches([len(s) for s in ids], self.batch_size, self.sort_batches):
-                input_ids, mask = pad([ids[i] for i in batch], pad_id, "left")
-                out = self.forward(model.generate, input_ids=input_ids.to(self.device),
-                                   attention_mask=mask.to(self.device), do_sample=False, num_beams=1,
-                                   max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
-                                   return_dict_in_generate=True, output_logits=True, output_scores=True,
-                                   temperature=None, top_p=None, top_k=None)
-                steps = out.logits if getattr(out, "logits", None) is not None else out.scores
-                chosen = out.sequences[:, input_ids.shape[1]:]
-                # probability of each generated token, one step at a time (never B x T x V at once)
-                probs = torch.stack([torch.softmax(s.float(), dim=-1).gather(1, chosen[:, k:k + 1]).squeeze(1)
-                                     for k, s in enumerate(steps)], dim=1).cpu().tolist()
-                gen = chosen.cpu().tolist()
-                for row, i in enumerate(batch):
-                    g = gen[row]
-                    cut = next((k for k, t in enumerate(g) if t in eos), len(g))
-                    s = self.score_output(tok, g[:cut], probs[row])
-                    if s is None:
-                        ctx.stats["parse_failures"] += 1
-                    else:
-                        scores[i] = s
-                self.emit(batch, [scores[i] for i in batch])
-        return scores
+        eos = tok.eos_token_id
+        eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+
+        def run(batch):
+            outs = self.backend.generate_ids([ids[i] for i in batch], max_new_tokens=self.max_new_tokens,
+                                             pad_id=pad_id, eos=eos)
+            scores = [self.score_output(tok, g, p) for g, p in outs]
+            self.count(ctx, "parse_failures", sum(1 for s in scores if s is None))
+            return [FAILED if s is None else s for s in scores]
+
+        return self.map_batches([len(s) for s in ids], run, emit=True)

@@ -25,7 +25,7 @@ from typing import Sequence
 from rankify_cli.errors import DependencyError
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
-from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 _FANCY_DIGITS = str.maketrans(
     "⁰¹²³⁴⁵⁶⁷⁸⁹₀₁₂₃₄₅₆₇₈₉①②③④⑤⑥⑦⑧⑨❶❷❸❹❺❻❼❽❾０１２３４５６７８９🄀🄁🄂🄃🄄🄅🄆🄇🄈🄉",
@@ -127,9 +127,9 @@ class Listwise(LLMRerankerBase, Reranker):
         # HTTP that needs the vLLM/SGLang `min_tokens` extension and a tokenizer to count, so
         # it is on there only when asked.
         if exact_answer is None:
-            exact_answer = bool(self.template.get("exact_answer", False)) and self.backend_kind == "hf"
+            exact_answer = bool(self.template.get("exact_answer", False)) and self.backend.local
         self.exact_answer = bool(exact_answer)
-        if self.exact_answer and self.backend_kind != "hf" and not self.backend.tokenizer_name:
+        if self.exact_answer and not self.backend.local and not self.backend.tokenizer_name:
             raise ValueError("exact_answer with backend=openai needs tokenizer=HF_ID to count the answer's tokens")
         self._answer_len: dict[int, int] = {}
 
@@ -140,7 +140,7 @@ class Listwise(LLMRerankerBase, Reranker):
                 "exact_answer": self.exact_answer, **self._decoding_config()}
 
     def _fits_context(self) -> bool:
-        return bool(self.context_size) and (self.backend_kind == "hf" or bool(self.backend.tokenizer_name))
+        return bool(self.context_size) and (self.backend.local or bool(self.backend.tokenizer_name))
 
     # -- prompt --------------------------------------------------------------------------
     @property

@@ -14,17 +14,20 @@ The prompt and the scoring rule are data (rerankers/templates/NAME.json), not co
 - positive / negative + label_lookup ("token": a vocabulary entry; "text": the first token of
   the text) and score: "softmax" (P(positive)), "log_softmax", "difference" (logit gap)
 - instruction: the default instruction ({instruction} in the segments), overridable by option
+
+The backend returns the labels' next-token log-probabilities after the rendered token ids
+(`label_logprobs`): locally from the logits, on a vLLM server from `prompt_logprobs`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext, fingerprint
 
-from .base import (NeuralReranker, gather_scores, length_batches, load_once, pad, read_template, require_torch,
-                   torch_dtype)
+from .base import NeuralReranker, load_once, read_template
 
 _FIELD = re.compile(r"\{(query|document|instruction)\}")
 
@@ -39,7 +42,10 @@ class LogitPair(NeuralReranker):
 
     def __init__(self, model: str, template: str = "", instruction: str | None = None, batch_size: int = 16,
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
-                 revision: str | None = None, trust_remote_code: bool = False):
+                 revision: str | None = None, trust_remote_code: bool = False,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
+                 max_per_replica: int | None = None):
         if not template:
             raise ConfigError("logit-pair needs a template, e.g. --reranker 'logit-pair:MODEL?template=monot5' "
                               "(templates: monot5, qwen3-yesno, mxbai-v2, or a path to a .json file)")
@@ -53,26 +59,32 @@ class LogitPair(NeuralReranker):
             raise ConfigError(f"template '{template}': score must be softmax, log_softmax or difference")
         self.default_max_length = int(self.t.get("max_length", 512))
         super().__init__(model, batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
-                         revision=revision, trust_remote_code=trust_remote_code)
+                         revision=revision, trust_remote_code=trust_remote_code,
+                         backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+                         timeout=timeout, max_retries=max_retries, served_model=served_model,
+                         max_per_replica=max_per_replica)
         self.instruction = str(instruction) if instruction is not None else self.t.get("instruction")
 
     def extra_config(self) -> dict:
         return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
                 "instruction": self.instruction}
 
-    # -- model ---------------------------------------------------------------------------
-    def _load(self):
+    # -- tokenizer and labels ------------------------------------------------------------
+    def tokenizer(self):
         def loader():
-            from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+            from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(self.model, **self.hf_kwargs())
             tok.padding_side = self.t.get("padding_side", "left" if self.t["kind"] == "causal" else "right")
-            cls = AutoModelForSeq2SeqLM if self.t["kind"] == "seq2seq" else AutoModelForCausalLM
-            model = cls.from_pretrained(self.model, dtype=torch_dtype(self.dtype), **self.hf_kwargs())
-            model.to(self.device).eval()
-            return tok, model, self._label_ids(tok)
+            return tok
 
-        return load_once(self.load_key(self.t["kind"], fingerprint(self.t)), loader, self.model, self.family)
+        return load_once(self.load_key("tokenizer", fingerprint(self.t)), loader, self.model, self.family)
+
+    def labels(self) -> tuple[int, int]:
+        """(positive, negative) token ids of the template's labels in this model's vocabulary."""
+        if getattr(self, "_labels", None) is None:
+            self._labels = self._label_ids(self.tokenizer())
+        return self._labels
 
     def _label_ids(self, tok) -> tuple[int, int]:
         out = []
@@ -116,7 +128,7 @@ class LogitPair(NeuralReranker):
         return tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
     def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[list[int]]:
-        tok = self._load()[0]
+        tok = self.tokenizer()
         layout = self.t.get("layout", "whole")
         stats = ctx.stats if ctx is not None else None
         if layout == "whole":
@@ -182,48 +194,28 @@ class LogitPair(NeuralReranker):
         return out
 
     # -- scoring -------------------------------------------------------------------------
-    def label_logits(self, model, input_ids, attention_mask):
-        """(positive, negative) logits at the scoring position for a padded batch."""
-        torch = require_torch()
-        tok, _, (pos, neg) = self._load()
-        if self.t["kind"] == "seq2seq":
-            start = model.config.decoder_start_token_id
-            if start is None:
-                start = tok.pad_token_id
-            dec = torch.full((input_ids.shape[0], 1), int(start), dtype=torch.long, device=input_ids.device)
-            logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask,
-                                  decoder_input_ids=dec).logits[:, 0, :]
-        else:
-            try:
-                logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask,
-                                      logits_to_keep=1).logits[:, -1, :]
-            except TypeError:  # an older or remote-code model without logits_to_keep
-                logits = self.forward(model, input_ids=input_ids, attention_mask=attention_mask).logits[:, -1, :]
-        return logits[:, pos].float(), logits[:, neg].float()
-
-    def score_rule(self, pos_logit, neg_logit):
-        torch = require_torch()
+    def score_rule(self, pos_logp: float, neg_logp: float) -> float:
+        """The template's score from the two labels' log-probabilities (equal to the same rule
+        on their logits: the vocabulary's normaliser cancels)."""
         rule = self.t["score"]
         if rule == "difference":
-            return pos_logit - neg_logit
-        both = torch.stack([pos_logit, neg_logit], dim=-1)
+            return pos_logp - neg_logp
+        gap = neg_logp - pos_logp  # softmax over the two labels, computed stably
         if rule == "softmax":
-            return torch.softmax(both, dim=-1)[:, 0]
-        return torch.log_softmax(both, dim=-1)[:, 0]
+            return 1.0 / (1.0 + math.exp(gap)) if gap < 700 else 0.0
+        return -(max(gap, 0.0) + math.log1p(math.exp(-abs(gap))))
 
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
-        torch = require_torch()
-        tok, model, _ = self._load()
+        tok = self.tokenizer()
+        pos, neg = self.labels()
         ids = self.encode(pairs, ctx)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         side = self.t.get("padding_side", "left" if self.t["kind"] == "causal" else "right")
         if self.t["kind"] == "causal" and side != "left":
             raise ConfigError("a causal logit-pair template needs padding_side 'left' (the score is read at the end)")
-        parts = []
-        with torch.inference_mode():
-            for batch in length_batches([len(s) for s in ids], self.batch_size, self.sort_batches):
-                input_ids, mask = pad([ids[i] for i in batch], pad_id, side)
-                p, n = self.label_logits(model, input_ids.to(self.device), mask.to(self.device))
-                parts.append((batch, self.score_rule(p, n)))
-                self.emit(batch, parts[-1][1])
-        return gather_scores(parts, len(pairs))
+
+        def run(batch):
+            lps = self.backend.label_logprobs([ids[i] for i in batch], [pos, neg], kind=self.t["kind"], pad_id=pad_id)
+            return [self.score_rule(p, n) for p, n in lps]
+
+        return self.map_batches([len(s) for s in ids], run, emit=True)

@@ -29,8 +29,8 @@ from typing import Sequence
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
-from .backends.http import BackendError
-from .llm_backends import CallLog, HTTPClient, split_urls
+from .backends.http import BackendError, HTTPClient, split_urls
+from .llm import CallLog
 from .rerank_providers import PROVIDERS
 
 NAMESPACE = "rerank-api"
@@ -116,7 +116,7 @@ class RerankAPI(Reranker):
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         store = ctx.store if self.use_cache else None
         per_query: dict[str, Counter] = {}
-        lock = threading.Lock()  # one thread at a time in the cache (see llm_backends.Caller)
+        lock = threading.Lock()  # one thread at a time in the cache (see llm.Caller)
         if store is not None:
             store.get_many(NAMESPACE, [])
 

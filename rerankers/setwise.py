@@ -18,7 +18,7 @@ from typing import Sequence
 
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
-from .llm_backends import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
 
 
 def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: bool = True,

@@ -133,11 +133,11 @@ def test_tiny_chat_model_end_to_end(paradigm, options, cli, tmp_path, data_dir, 
 
 
 def test_hf_backend_pads_left_and_counts_tokens(tiny_model):
-    from rankify_cli.rerankers.llm_backends import ChatRequest, HFChat
+    from rankify_cli.rerankers.backends import ChatRequest, make_backend
 
-    be = HFChat(str(tiny_model), batch_size=2)
+    be = make_backend("hf", str(tiny_model), batch_size=2)
     reqs = [ChatRequest([{"role": "user", "content": "rank " * n}], max_new_tokens=5) for n in (3, 30, 9)]
-    res = be.generate(reqs)
+    res = be.chat(reqs)
     tok = be.load()[0]
     assert tok.padding_side == "left"
     for r, q in zip(res, reqs):
@@ -192,7 +192,7 @@ def test_exact_answer_over_http_sends_min_tokens_and_needs_a_tokenizer(tiny_mode
     gen = lw._plan(type("C", (), {"count": lambda *a, **k: None})(), Query("q", "q"),
                    [Candidate("a", 2.0, "alpha"), Candidate("b", 1.0, "beta")])
     (req,) = next(gen)
-    lw.backend.generate([req])
+    lw.backend.chat([req])
     n = lw.answer_tokens(2)
     assert sent[0]["min_tokens"] == sent[0]["max_tokens"] == n == req.min_new_tokens
     assert lw.config()["exact_answer"] is True

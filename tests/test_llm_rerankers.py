@@ -28,7 +28,7 @@ from llm_server import GARBAGE, LLMServer, Oracle, load_trec_dl  # noqa: E402
 from rankify_cli import registry  # noqa: E402
 from rankify_cli.errors import ConfigError  # noqa: E402
 from rankify_cli.rerankers.groupwise import minmax, parse_group_scores  # noqa: E402
-from rankify_cli.rerankers.llm_backends import ChatResponse  # noqa: E402
+from rankify_cli.rerankers.backends import ChatResponse  # noqa: E402
 from rankify_cli.rerankers.listwise import Listwise, parse_permutation, replace_bracket_numbers, sliding_windows  # noqa: E402
 from rankify_cli.rerankers.setwise import parse_label  # noqa: E402
 from rankify_cli.types import Candidate, Query, StageContext, sort_candidates  # noqa: E402

@@ -101,16 +101,16 @@ def _env(monkeypatch):
 @pytest.fixture
 def forward_counter(monkeypatch):
     """Counts every model call of every neural family in this process."""
-    from rankify_cli.rerankers import base
+    from rankify_cli.rerankers.backends import hf
 
     calls = {"n": 0}
-    real = base.NeuralReranker.forward
+    real = hf.HF.forward
 
     def counting(self, model, **inputs):
         calls["n"] += 1
         return real(self, model, **inputs)
 
-    monkeypatch.setattr(base.NeuralReranker, "forward", counting)
+    monkeypatch.setattr(hf.HF, "forward", counting)
     return calls
 
 

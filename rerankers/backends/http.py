@@ -213,10 +213,31 @@ def _shut(sock) -> None:
         pass
 
 
+# ----------------------------------------------------------------------------- replicas
+class _Replica:
+    """One base URL: calls, seconds and failures for run_info.json; a failed connection marks
+    it down for a while so the next attempts go to the others; an optional bound on its
+    requests in flight."""
+
+    DOWN_SECONDS = 10.0
+
+    def __init__(self, url: str):
+        self.url = url
+        self.calls = self.failures = 0
+        self.seconds = 0.0
+        self.down_until = 0.0
+        self.slots: threading.BoundedSemaphore | None = None
+
+    def stats(self) -> dict:
+        return {"calls": self.calls, "failures": self.failures, "seconds": round(self.seconds, 3)}
+
+
 # ----------------------------------------------------------------------------- the client
 class HTTPClient:
     """JSON over HTTP with the budget described in the module docstring, over several base
-    URLs in round robin."""
+    URLs in round robin. A replica whose connection fails is skipped while another is up, so
+    its requests are retried there at once (scale-out: a replica that dies mid-run costs only
+    its requests in flight)."""
 
     RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -245,6 +266,44 @@ class HTTPClient:
         self._lock = threading.Lock()
         self._broken: BackendError | None = None
         self._served: dict[str, dict] = {}
+        self.replicas = {u: _Replica(u) for u in base_urls}
+
+    # -- replicas
+    def limit_per_replica(self, n: int) -> None:
+        """At most n requests in flight on each base URL (a replica's own batch limit)."""
+        for r in self.replicas.values():
+            r.slots = threading.BoundedSemaphore(max(1, int(n)))
+
+    def replica_stats(self) -> dict:
+        with self._lock:
+            return {u: r.stats() for u, r in self.replicas.items()}
+
+    def _pick(self) -> _Replica:
+        """Round robin over the replicas that are up (over all of them when none is)."""
+        now, start, n = time.monotonic(), next(self._rr), len(self.base_urls)
+        for k in range(n):
+            r = self.replicas[self.base_urls[(start + k) % n]]
+            if r.down_until <= now:
+                return r
+        return self.replicas[self.base_urls[start % n]]
+
+    def _send(self, replica: _Replica, method: str, path: str, body, headers: dict, timeout: float):
+        if replica.slots is not None:
+            replica.slots.acquire()
+        t0, failed = time.perf_counter(), True
+        try:
+            out = self._pool.request(method, replica.url + path, body, headers, timeout, self.max_response_bytes)
+            failed = False
+            return out
+        finally:
+            if replica.slots is not None:
+                replica.slots.release()
+            with self._lock:
+                replica.calls += 1
+                replica.seconds += time.perf_counter() - t0
+                if failed:
+                    replica.failures += 1
+                    replica.down_until = time.monotonic() + replica.DOWN_SECONDS
 
     # -- pieces
     def _key(self) -> str | None:
@@ -297,12 +356,17 @@ class HTTPClient:
         end = start + self.budget
         last, attempt = "", 0
         for attempt in range(self.max_retries + 1):
-            url = (base or self.base_urls[next(self._rr) % len(self.base_urls)]) + path
+            replica = self.replicas[base] if base else self._pick()
+            url = replica.url + path
             retry_after = None
+            failover = False
             try:
-                status, headers, data = self._pool.request(method, url, body, self._headers(body is not None),
-                                                           min(self.timeout, max(0.001, end - time.monotonic())),
-                                                           self.max_response_bytes)
+                try:
+                    status, headers, data = self._send(replica, method, path, body, self._headers(body is not None),
+                                                       min(self.timeout, max(0.001, end - time.monotonic())))
+                except _Fault:
+                    failover = base is None and any(r.down_until <= time.monotonic() for r in self.replicas.values())
+                    raise
                 if status == 200:
                     try:
                         parsed = json.loads(data)
@@ -335,6 +399,8 @@ class HTTPClient:
                 if not f.retry:
                     raise self._give_up(self._error(last)) from None
                 retry_after = f.retry_after
+            if failover and attempt < self.max_retries:
+                continue  # another replica is up: try it at once
             if attempt < self.max_retries:
                 pause = self._delay(attempt, retry_after)
                 if time.monotonic() + pause >= end - 0.01:  # no time left for another attempt
