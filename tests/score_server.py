@@ -27,7 +27,8 @@ class ScoreServer:
     def __init__(self, latency: float = 0.0, model: str = "ce"):
         self.latency, self.model = latency, model
         self.answered: Counter = Counter()
-        self.requests = 0
+        self.requests = 0  # POSTs
+        self.gets = 0
         self.max_in_flight = 0
         self._in_flight = 0
         self.dead = threading.Event()
@@ -41,6 +42,8 @@ class ScoreServer:
                 pass
 
             def do_GET(self):  # the model list vLLM serves (the client keys its cache by it)
+                with state._lock:
+                    state.gets += 1
                 out = json.dumps({"object": "list", "data": [{"id": state.model, "object": "model",
                                                               "root": "/models/tiny-cross-encoder"}]}).encode()
                 self.send_response(200)
