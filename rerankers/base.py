@@ -265,7 +265,15 @@ class NeuralReranker(Reranker):
 
     @property
     def forward_calls(self) -> int:
-        return self._backend.forward_calls if self._backend is not None else 0
+        return self._own_calls + (self._backend.forward_calls if self._backend is not None else 0)
+
+    _own_calls = 0
+
+    def forward(self, model, **inputs):
+        """A model call of a family that runs its model itself (not behind a backend operation
+        yet), counted with the backend's."""
+        self._own_calls += 1
+        return model(**inputs)
 
     @property
     def model_fingerprint(self) -> str:
