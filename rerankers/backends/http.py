@@ -6,9 +6,9 @@ The budget, as documented in the README:
   (a watchdog shuts the socket at the deadline, so a server that drips one byte a second is cut
   off as surely as one that never answers);
 * a response larger than `max_response_bytes` is cut off;
-* one call makes at most `max_retries + 1` attempts (retrying 408/409/425/429/5xx, connection
-  errors, timeouts, oversized bodies and 200 answers without the protocol's shape) and takes at
-  most `timeout x (max_retries + 1)` seconds in all, backoff sleeps included;
+* one call makes at most `max_retries + 1` attempts (retrying HTTP 408/409/425/429/500/502/503/
+  504, connection errors, timeouts, oversized bodies and 200 answers without the protocol's
+  shape) and takes at most `timeout x (max_retries + 1)` seconds in all, backoff included;
 * once a call gives up, the client is broken: calls in flight are cut off and later calls fail at
   once with the same message, so a run ends within one call's budget.
 The message is one line naming the server and what it did; every server text in it is redacted
