@@ -216,16 +216,19 @@ class Dataset:
         """A named candidate list of this dataset, or a run file path; text filled from the corpus."""
         files = self.run_files()
         path = files.get(name)
+        declared = self.entry.runs.get(name) if self.entry else None
+        if path is None and declared and declared.download:  # offline: fetch() says what to provide
+            path = self.downloads / declared.download.name
         if path is None:
             p = Path(name)
             if not p.exists():
                 known = ", ".join(sorted(files)) or "none"
                 raise ConfigError(f"no pre-retrieved run '{name}' for dataset '{self.name}' (known: {known}; or give a run file path)")
             path = p
-        if not path.exists() and self.entry and name in self.entry.runs and self.entry.runs[name].download:
+        if not path.exists() and declared and declared.download:
             from .download import fetch
 
-            path = fetch(self.entry.runs[name].download, path, self.offline_hint(path.name))
+            path = fetch(declared.download, path, self.offline_hint(path.name))
         if path.name.endswith((".json", ".json.gz")):
             _, run = formats.read_candidates_json(path)
         elif path.name.endswith((".jsonl", ".jsonl.gz")):

@@ -146,7 +146,10 @@ def test_offline_never_tries_and_says_what_to_provide(online, tmp_path):
     local = {**off, "RANKIFY_DATA_DIR": str(DATA)}
     r = rankify("run", "-d", "trec-covid", "-r", "run:bm25", "-o", str(tmp_path / "out"), "-q", env=local)
     assert r.code == 2, r
-    assert "no pre-retrieved run 'bm25'" in r.err, r
+    assert r.err.strip().splitlines()[-1] == (
+        "error: offline (RANKIFY_OFFLINE=1): not downloading https://github.com/castorini/rank_llm_data/raw/main/"
+        "retrieve_results/BM25/retrieve_results_covid_top100.jsonl; to work offline, put bm25_top100.rank_llm.jsonl "
+        "in beir/trec-covid/ under RANKIFY_DATA_DIR (or pass --dataset PATH)"), r
     assert server.requests == []
 
 
