@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -91,7 +92,7 @@ def _progress(label: str, total: int) -> tuple[Callable[[int], None], Callable[[
 def _transfer(url: str, part: Path, size: int, label: str) -> None:
     have = part.stat().st_size if part.is_file() else 0
     if have > size:
-        part.unlink()
+        os.truncate(part, 0)  # truncate, not unlink: the lock is held on this file
         have = 0
     if have == size:
         return
@@ -130,25 +131,68 @@ def fetch(d: Download, dest: Path, offline_hint: str) -> Path:
     url = source_url(d.url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.parent / f".{dest.name}.part"
+    with _exclusive(part, dest) as mine:
+        if mine:
+            _download(d, url, part, dest, offline_hint)
+    return dest
+
+
+@contextmanager
+def _exclusive(part: Path, dest: Path):
+    """One process at a time appends to `part` (another rankify fetching the same file waits,
+    then finds it done). Yields False when `dest` appeared meanwhile."""
+    import fcntl
+
+    while True:
+        if dest.is_file():
+            yield False
+            return
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(part).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False  # renamed into place or deleted while we waited
+            if current:
+                if dest.is_file():  # finished while we created our (empty) part: drop it
+                    part.unlink(missing_ok=True)
+                    yield False
+                else:
+                    yield True
+                return
+        finally:
+            os.close(fd)
+
+
+def _download(d: Download, url: str, part: Path, dest: Path, offline_hint: str) -> None:
     for attempt in range(ATTEMPTS):
         try:
             _transfer(url, part, d.size, f"{dest.name} <- {d.url}")
             break
         except urllib.error.HTTPError as e:
             if e.code == 416:  # our partial file is not a prefix the server knows: start over
-                part.unlink(missing_ok=True)
+                os.truncate(part, 0)
             elif e.code not in _RETRYABLE_HTTP or attempt == ATTEMPTS - 1:
                 raise DownloadError(f"download failed: {d.url}: HTTP {e.code} {e.reason}; {offline_hint}",
-                                    part.is_file()) from None
+                                    _keep_or_drop(part)) from None
         except (OSError, http.client.HTTPException) as e:
             if attempt == ATTEMPTS - 1:
                 reason = getattr(e, "reason", None) or e
-                kept = f" ({part.stat().st_size} bytes kept, a rerun resumes)" if part.is_file() else ""
-                raise DownloadError(f"download failed: {d.url}: {reason}{kept}; {offline_hint}", part.is_file()) from None
+                kept = _keep_or_drop(part)
+                note = f" ({part.stat().st_size} bytes kept, a rerun resumes)" if kept else ""
+                raise DownloadError(f"download failed: {d.url}: {reason}{note}; {offline_hint}", kept) from None
         time.sleep(0.2 * 2**attempt)
     _verify(d, part, offline_hint)
     os.replace(part, dest)
-    return dest
+
+
+def _keep_or_drop(part: Path) -> bool:
+    """Bytes received are kept for a resume; an empty partial file is not."""
+    if part.is_file() and part.stat().st_size > 0:
+        return True
+    part.unlink(missing_ok=True)
+    return False
 
 
 def _verify(d: Download, part: Path, offline_hint: str) -> None:

@@ -166,3 +166,22 @@ def test_datasets_command_online_and_offline(online):
     table = rankify("datasets", env={**env, "RANKIFY_OFFLINE": "1", "COLUMNS": "200"})
     assert table.code == 0 and "offline (RANKIFY_OFFLINE=1): nothing is downloaded" in table.out
     assert server.requests == []
+
+
+def test_two_processes_downloading_at_once_share_one_verified_copy(online, tmp_path):
+    import subprocess
+    import sys
+
+    server, env, cache = online
+    serve_dl(server.root, "dl19")
+    server.cut_after["retrieve_results_dl19_top100.jsonl"] = 700_000  # slow enough to overlap: resumes
+    procs = [subprocess.Popen([sys.executable, "-m", "rankify_cli.cli", "run", "-d", "dl19", "-o", str(tmp_path / f"o{i}"),
+                               "--json", "-q"], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert round(json.loads(out)["metrics"]["nDCG@10"], 4) == 0.5058
+    folder = cache / "data" / "trec-dl" / "dl19-passage"
+    assert sorted(p.name for p in folder.iterdir()) == ["bm25_top100.rank_llm.jsonl", "qrels.txt", "queries.tsv"]
+    assert [p for p in _files(cache / "data") if p.name.startswith(".")] == []
