@@ -34,6 +34,8 @@ RERANKERS: dict[str, str] = {
     "groupwise": "rankify_cli.rerankers.groupwise:Groupwise",
     "rerank-api": "rankify_cli.rerankers.rerank_api:RerankAPI",
     "late-interaction": "rankify_cli.rerankers.late_interaction:LateInteraction",
+    "duot5": "rankify_cli.rerankers.duot5:DuoT5",
+    "pairwise": "rankify_cli.rerankers.pairwise:Pairwise",
 }
 # preset -> (family, model, options): short names for public checkpoints (a plain dict module).
 from .rerankers.presets import PRESETS as _PRESETS  # noqa: E402

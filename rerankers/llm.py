@@ -68,6 +68,7 @@ def load_template(name: str, paradigm: str) -> tuple[str, dict]:
 PLACEHOLDERS = {
     "listwise": (("query", "candidate"), {"query", "num", "rank", "candidate", "title", "text"}),
     "setwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
+    "pairwise": (("query", "doc1", "doc2"), {"query", "doc1", "doc2"}),
     "groupwise": (("query", "text"), {"query", "docs", "label", "text", "num"}),
 }
 

@@ -16,6 +16,8 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     # seq2seq true/false
     "monot5-base": ("logit-pair", "castorini/monot5-base-msmarco", {"template": "monot5"}),
     "monot5-3b": ("logit-pair", "castorini/monot5-3b-msmarco-10k", {"template": "monot5"}),
+    # seq2seq pairwise (run after monoT5: --reranker monot5-base --reranker duot5-base)
+    "duot5-base": ("duot5", "castorini/duot5-base-msmarco", {}),
     # causal yes/no and 1/0
     "qwen3-reranker-0.6b": ("logit-pair", "Qwen/Qwen3-Reranker-0.6B", {"template": "qwen3-yesno"}),
     "qwen3-reranker-4b": ("logit-pair", "Qwen/Qwen3-Reranker-4B", {"template": "qwen3-yesno", "batch_size": 8}),
@@ -49,4 +51,5 @@ FAMILIES: dict[str, str] = {
     "embedding": "rankify_cli.rerankers.embedding:Embedding",
     "e2rank": "rankify_cli.rerankers.embedding:E2Rank",
     "late-interaction": "rankify_cli.rerankers.late_interaction:LateInteraction",
+    "duot5": "rankify_cli.rerankers.duot5:DuoT5",
 }

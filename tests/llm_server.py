@@ -42,6 +42,7 @@ GARBAGE = {
                  "Ranking: [] > [] > []", "[3] > [1] > [2]</think>", "none of them > nothing"],
     "setwise": ["", "<think>hmm</think> <answer>[99]</answer>", "<answer>3</answer>", "<think>the first one</think>",
                 "The most relevant is [2].", "<answer>[0]</answer>", "<answer>[1]"],
+    "pairwise": ["", "Neither of them.", "Passage C", "Both passages are relevant.", "passage a"],
     "groupwise": ["", "<reason>all fine</reason><answer>none</answer>",
                   '<answer>\n```json\n{"[1]": 5, "[2]": 3,, }\n```\n</answer>', "{[1]: 5; [2]: 7}",
                   '<answer>{"[1]": 5 "[2]": 3}</answer>', "scores: [1]=5, [2]=3"],
@@ -153,8 +154,13 @@ def prompt_passages(messages: list[dict]) -> list[tuple[int, str]]:
     return out
 
 
+_PAIR = re.compile(r'Passage A: "(.*)"\n\nPassage B: "(.*)"\n\nOutput Passage A or Passage B', re.DOTALL)
+
+
 def paradigm_of(messages: list[dict]) -> str:
     text = "\n".join(str(m.get("content", "")) for m in messages)
+    if "Output Passage A or Passage B" in text:
+        return "pairwise"
     if "<answer>[3]</answer>" in text:
         return "setwise"
     if "JSON" in text and "<answer>" in text:
@@ -208,6 +214,12 @@ class State:
         if self.mode == "garbage":
             options = GARBAGE[kind]
             return options[int(key[:8], 16) % len(options)]
+        if kind == "pairwise":  # PRP: the better passage; a tie names A (a consistent position bias)
+            m = _PAIR.search("\n".join(str(x.get("content", "")) for x in messages if x.get("role") == "user"))
+            (ga, gb), unmatched = self.oracle.grades([m.group(1), m.group(2)]) if m and self.oracle else ((0, 0), 2)
+            with self.lock:
+                self.unmatched += unmatched
+            return "Passage A" if ga >= gb else "Passage B"
         labelled = prompt_passages(messages)
         grades, unmatched = self.oracle.grades([t for _, t in labelled]) if self.oracle else ([0] * len(labelled), 0)
         with self.lock:

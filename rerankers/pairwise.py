@@ -1,0 +1,173 @@
+"""Pairwise ranking prompting (PRP, Qin et al.) with the three strategies of ielab/llm-rankers
+0.0.2 (llmrankers/pairwise.py, PairwiseLlmRanker.rerank), on any chat backend.
+
+A comparison of d1 and d2 asks both orders (Passage A = d1, B = d2, then swapped): d1 beats
+d2 when the answers are A then B, d2 beats d1 when they are B then A; anything else is a
+conflict.
+- allpair: every unordered pair; a win scores 1, a conflict 0.5 to each; documents ranked by
+  score (ties in the order the reference's score dict first met them).
+- heapsort: llm-rankers' binary heap sort of the candidates, stopped after the top `k`.
+- sliding: llm-rankers' `bubblesort` (PRP's sliding window): `k` passes of adjacent
+  comparisons from the bottom, skipping the unchanged bottom as the reference does.
+The top `k` (default 10) then the rest in first-stage order, scores -rank, as the reference.
+Comparisons are counted per query (stats `pairwise_per_query`): the reference's
+`total_compare` (allpair: the number of pairs, one two-prompt batch each).
+
+Departure (named): an answer that names neither passage makes the reference assume "A"
+(OpenAiPairwiseLlmRanker._get_response); here that comparison is decided by first-stage rank
+and counted as a fallback, so a run of unusable answers keeps the first-stage order.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import combinations
+from typing import Sequence
+
+from rankify_cli.types import Candidate, Query, Reranker, StageContext
+
+from .llm import COMMON_DOC, LLMRerankerBase, Plan, drive
+
+METHODS = ("allpair", "heapsort", "sliding")
+
+
+def parse_letter(text: str, pattern: str, letters: Sequence[str]) -> str | None:
+    """The letter an answer names (the reference's rule: the first `Passage X`, else a bare
+    letter), or None when it names neither."""
+    found = re.findall(pattern, text[-4096:], re.MULTILINE)
+    if found:
+        return found[0][-1]
+    return text.strip() if text.strip() in letters else None
+
+
+class Pairwise(LLMRerankerBase, Reranker):
+    __doc__ = (__doc__ or "") + "\n" + COMMON_DOC
+    paradigm = "pairwise"
+    default_template = "pairwise-prp"
+
+    def __init__(self, model: str = "", method: str = "heapsort", k: int = 10, template: str | None = None,
+                 backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
+                 log_calls: str | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None, revision: str | None = None,
+                 device: str | None = None, dtype: str | None = None, batch_size: int = 8,
+                 gguf_file: str | None = None, tokenizer: str | None = None, doc_max_tokens: int | None = None,
+                 cache: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)} (got '{method}')")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1 (got {k})")
+        self.method, self.k = method, int(k)
+        self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
+                           backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
+                           batch_size, gguf_file, tokenizer, cache)
+        self.doc_max_tokens = int(doc_max_tokens or self.template.get("doc_max_tokens", 128))
+
+    def config(self) -> dict:
+        return {"family": "pairwise", **self.backend.identity(), **self._template_config(), "method": self.method,
+                "k": self.k, "doc_max_tokens": self.doc_max_tokens, **self._decoding_config()}
+
+    def messages(self, query: str, doc1: str, doc2: str) -> list[dict]:
+        t = self.template
+        msgs = [{"role": "system", "content": t["system"]}] if t.get("system") else []
+        msgs.append({"role": "user", "content": t["user"].format(query=query, doc1=doc1, doc2=doc2)})
+        return msgs
+
+    # -- one query -------------------------------------------------------------------------
+    def _plan(self, caller, stats: dict, query: Query, cands: list[Candidate]) -> Plan:
+        n = len(cands)
+        texts = [self.backend.truncate(c.text, self.doc_max_tokens) for c in cands]
+        parser = self.template.get("parser") or {}
+        pattern, letters = parser.get("pattern", "(Passage [A-B])"), parser.get("letters", ["A", "B"])
+        mine = stats.setdefault(query.id, {"comparisons": 0, "fallbacks": 0})
+
+        def outcome(i: int, j: int, r0: str, r1: str) -> str:
+            """'first' (i wins), 'second' (j wins) or 'conflict', from the answers to (i, j), (j, i)."""
+            a, b = parse_letter(r0, pattern, letters), parse_letter(r1, pattern, letters)
+            if a is None or b is None:
+                caller.count(query.id, parse_failures=1, fallbacks=1)
+                mine["fallbacks"] += 1
+                return "first" if i < j else "second"  # first-stage rank decides
+            if (a, b) == ("A", "B"):
+                return "first"
+            if (a, b) == ("B", "A"):
+                return "second"
+            return "conflict"
+
+        def requests(i: int, j: int):
+            return [self._request(self.messages(query.text, texts[i], texts[j])),
+                    self._request(self.messages(query.text, texts[j], texts[i]))]
+
+        def gt(i: int, j: int):
+            """i > j as the reference's ComparableDoc.__gt__: i wins both orders."""
+            mine["comparisons"] += 1
+            r0, r1 = yield requests(i, j)
+            return outcome(i, j, r0.text, r1.text) == "first"
+
+        if self.method == "allpair":
+            pairs = list(combinations(range(n), 2))
+            answers = yield [r for i, j in pairs for r in requests(i, j)]
+            mine["comparisons"] += len(pairs)
+            scores: dict[int, float] = {}
+            for p, (i, j) in enumerate(pairs):
+                o = outcome(i, j, answers[2 * p].text, answers[2 * p + 1].text)
+                if o == "first":
+                    scores[i] = scores.get(i, 0.0) + 1
+                elif o == "second":
+                    scores[j] = scores.get(j, 0.0) + 1
+                else:
+                    scores[i] = scores.get(i, 0.0) + 0.5
+                    scores[j] = scores.get(j, 0.0) + 0.5
+            ranking = sorted(scores, key=lambda d: scores[d], reverse=True)  # stable: first met first
+        elif self.method == "heapsort":
+            arr = list(range(n))
+
+            def heapify(size: int, i: int):
+                while True:
+                    largest, left, right = i, 2 * i + 1, 2 * i + 2
+                    if left < size and (yield from gt(arr[left], arr[i])):
+                        largest = left
+                    if right < size and (yield from gt(arr[right], arr[largest])):
+                        largest = right
+                    if largest == i:
+                        return
+                    arr[i], arr[largest] = arr[largest], arr[i]
+                    i = largest
+
+            for i in range(n // 2, -1, -1):
+                yield from heapify(n, i)
+            ranked = 0
+            for i in range(n - 1, 0, -1):
+                arr[i], arr[0] = arr[0], arr[i]
+                ranked += 1
+                if ranked == self.k:
+                    break
+                yield from heapify(i, 0)
+            ranking = list(reversed(arr))
+        else:  # sliding: the reference's bubblesort
+            ranking = list(range(n))
+            last_end = n - 1
+            for i in range(min(self.k, n)):
+                current, changed = last_end, False
+                while current > i:
+                    if (yield from gt(ranking[current], ranking[current - 1])):
+                        ranking[current - 1], ranking[current] = ranking[current], ranking[current - 1]
+                        if not changed:
+                            changed = True
+                            if last_end != n - 1:  # skip unchanged pairs at the bottom
+                                last_end += 1
+                    if not changed:
+                        last_end -= 1
+                    current -= 1
+        top = ranking[: self.k]
+        chosen = set(top)
+        order = top + [i for i in range(n) if i not in chosen]
+        return [Candidate(cands[i].doc_id, -float(r), cands[i].text) for r, i in enumerate(order, 1)]
+
+    def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        caller = self._caller(ctx)
+        stats: dict[str, dict] = {}
+        out = drive(items, lambda q, c: self._plan(caller, stats, q, c), caller, ctx, self.concurrency)
+        ctx.stats["pairwise_comparisons"] += sum(v["comparisons"] for v in stats.values())
+        ctx.stats["pairwise_per_query"] = {q: dict(v) for q, v in sorted(stats.items())}
+        return out
