@@ -34,6 +34,8 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "colbertv2": ("late-interaction", "colbert-ir/colbertv2.0", {}),
     "answerai-colbert-small-v1": ("late-interaction", "answerdotai/answerai-colbert-small-v1", {}),
     "jina-colbert-v2": ("late-interaction", "jinaai/jina-colbert-v2", {"trust_remote_code": True}),
+    # FIRST: listwise ranked by the first answer token's label logits (rank_llm's checkpoint)
+    "first-mistral": ("first", "castorini/first_mistral", {}),
     # hosted rerank APIs (shapes, limits and key variables: rerankers/rerank_providers.py)
     "cohere-rerank-v3.5": ("rerank-api", "rerank-v3.5", {"provider": "cohere"}),
     "cohere-rerank-v4.0-pro": ("rerank-api", "rerank-v4.0-pro", {"provider": "cohere"}),
