@@ -42,14 +42,19 @@ class Prepared:
     skip: str | None = None
 
 
-def _prepare(cond: Condition, data_dir: str | None) -> Prepared:
+def _prepare(cond: Condition, data_dir: str | None, subset=None, allow_unset: bool = False) -> Prepared:
+    if cond.missing_vars and not (cond.optional or allow_unset):
+        # a CI job that forgot a variable must fail, not pass with the condition skipped
+        raise ConfigError(f"{cond.origin}: condition '{cond.name}': environment variable(s) "
+                          f"{', '.join(cond.missing_vars)} not set (set them, or mark the condition "
+                          f"`optional = true`, or pass --allow-unset to skip it)")
     if cond.skip_reason:
         return Prepared(cond, skip=cond.skip_reason)
     if not known(cond.dataset) and not Path(cond.dataset).expanduser().is_dir():
         raise ConfigError(f"condition '{cond.name}': unknown dataset '{cond.dataset}'")
     try:
         pipe = Pipeline(cond.retriever, cond.rerankers, depth=cond.depth, top_k=cond.top_k,
-                        reranker_defaults=cond.backend or None, aliases=cond.aliases)
+                        reranker_defaults=cond.backend or None, aliases=cond.aliases, subset=subset)
     except DependencyError as e:
         return Prepared(cond, skip=e.render())
     except ConfigError as e:
@@ -64,14 +69,15 @@ def _prepare(cond: Condition, data_dir: str | None) -> Prepared:
     return Prepared(cond, ds, pipe)
 
 
-def prepare_suite(suite: Suite, data_dir: str | None, only: list[str] | None = None) -> list[Prepared]:
+def prepare_suite(suite: Suite, data_dir: str | None, only: list[str] | None = None, subset=None,
+                  allow_unset: bool = False) -> list[Prepared]:
     """Validate every condition before running any (names, options, measures, datasets)."""
     conds = [c for c in suite.conditions if not only or c.name in only]
     if only:
         unknown = sorted(set(only) - {c.name for c in suite.conditions})
         if unknown:
             raise ConfigError(f"no condition named {', '.join(unknown)} in {suite.path}")
-    return [_prepare(c, data_dir) for c in conds]
+    return [_prepare(c, data_dir, subset, allow_unset) for c in conds]
 
 
 def config_hash(ds: Dataset, pipe: Pipeline) -> str:

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 
 _SETUP_LOCK = threading.Lock()
+# entries this process has stored (what an interrupted run kept, for its last message)
+WRITTEN = {"entries": 0}
 
 
 def _retry_locked(step, attempts: int = 50):
@@ -106,6 +108,7 @@ class Store:
                 "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
                 [(namespace, k, json.dumps(v), now) for k, v in items.items()],
             )
+        WRITTEN["entries"] += len(items)
 
     def info(self) -> dict[str, Any]:
         rows = self._db().execute("SELECT ns, COUNT(*), MIN(created), MAX(created) FROM kv GROUP BY ns").fetchall()

@@ -20,6 +20,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                        "and at what cost?")
 
 MULTI_VALUE_OPTIONS = ("--metrics", "-m")
+REPEATED_OPTIONS = ("--reranker",)  # `--reranker A B` is `--reranker A --reranker B` (a cascade)
+METRICS_HELP = ("ir-measures names, e.g. -m nDCG@10 R@100 'AP(rel=2)' [default: the dataset's: nDCG@10 R@100 "
+                "for BEIR and BRIGHT, nDCG@10 'R(rel=2)@100' 'AP(rel=2)' for TREC DL; `rankify datasets`]")
+QUERIES_HELP = "Only the first N judged queries (a quick look; recorded in the config hash)."
+QUERY_IDS_HELP = "Only these queries: a file with one id per line, or ids like 19335,47923 (in the config hash)."
 
 
 def _version(value: bool) -> None:
@@ -62,15 +67,27 @@ def _progress_factory(enabled: bool):
 
         yield no_progress
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_console(stderr=True), transient=True) as bars:
+    # descriptions are short names (pipeline.short_name); the unit (queries, pairs) follows the count
+    with Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                  TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=_console(stderr=True), transient=True) as bars:
         @contextmanager
-        def factory(description: str, total: int):
-            task = bars.add_task(description, total=total)
+        def factory(description: str, total: int, unit: str = ""):
+            if len(description) > 40:
+                description = description[:39] + "…"
+            task = bars.add_task(description, total=total, unit=unit, rate="")
+
+            def advance(n: int) -> None:
+                bars.advance(task, n)
+                speed = bars.tasks[[t.id for t in bars.tasks].index(task)].speed
+                if speed:
+                    bars.update(task, rate=f"{speed:,.0f}/s" if speed >= 10 else f"{speed:.2f}/s")
+
             try:
-                yield lambda n: bars.advance(task, n)
+                yield advance
             finally:
                 bars.remove_task(task)
 
@@ -85,10 +102,12 @@ def _fmt(v: float) -> str:
 def run(
     dataset: str = typer.Option("scifact", "--dataset", "-d", help="Catalog name (see `rankify datasets`) or a dataset folder."),
     retriever: Optional[str] = typer.Option(None, "--retriever", "-r", help="bm25 | bm25:rank-bm25 | run:NAME | run:FILE (default: bm25, or run:bm25 for datasets without a corpus)."),
-    reranker: List[str] = typer.Option([], "--reranker", help="Reranker spec; repeat for a cascade."),
+    reranker: List[str] = typer.Option([], "--reranker", help="Reranker spec or preset, e.g. minilm-l6 or 'embedding:/models/minilm?batch_size=64'; several (--reranker A B) make a cascade. `rankify rerankers` lists families, options and presets."),
     depth: int = typer.Option(1000, "--depth", help="Candidates the first stage returns per query."),
     top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates each reranker reorders."),
-    metrics: List[str] = typer.Option([], "--metrics", "-m", help="ir-measures names, e.g. nDCG@10 R@100 'AP(rel=2)'."),
+    metrics: List[str] = typer.Option([], "--metrics", "-m", help=METRICS_HELP, show_default=False),
+    queries: Optional[int] = typer.Option(None, "--queries", help=QUERIES_HELP),
+    query_ids: Optional[str] = typer.Option(None, "--query-ids", help=QUERY_IDS_HELP),
     output: Path = typer.Option(Path("results"), "--output", "-o", help="Results folder (run files, metrics.json, leaderboard.csv)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder holding datasets (default: $RANKIFY_DATA_DIR)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache folder (default: $RANKIFY_CACHE_DIR or ~/.cache/rankify-cli)."),
@@ -99,11 +118,18 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Retrieve, rerank and evaluate one dataset; write run files, metrics.json and a leaderboard row."""
+    """Retrieve, rerank and evaluate one dataset; write run files, metrics.json and a leaderboard row.
+
+    \b
+    Examples:
+      rankify run -d scifact                                  # BM25 only
+      rankify run -d dl19 -r run:bm25 --reranker minilm-l6    # rerank the staged BM25 top-100
+      rankify run -d dl19 --reranker embedding:/models/all-MiniLM-L6-v2 --queries 5 -m nDCG@10
+    """
     from .cache import Store
     from .datasets import cache_root, resolve
     from .evaluation import parse_measures, split_measures
-    from .pipeline import Pipeline, execute
+    from .pipeline import Pipeline, QuerySubset, execute
     from .results import write_results
 
     check_output(output)
@@ -113,7 +139,8 @@ def run(
     if retriever is None:
         retriever = "bm25" if ds.has_corpus() or "bm25" not in ds.run_files() else "run:bm25"
     pipe = Pipeline(retriever, reranker, depth=depth, top_k=top_k,
-                    reranker_defaults=backend_defaults(backend, base_url, api_key_env))
+                    reranker_defaults=backend_defaults(backend, base_url, api_key_env),
+                    subset=QuerySubset.from_options(queries, query_ids))
     cache = None if no_cache else Path(cache_dir or cache_root())
     store = Store(cache) if cache and reranker else None
     show = not (quiet or as_json) and sys.stderr.isatty()
@@ -162,7 +189,7 @@ def _print_result(result, doc) -> None:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in result.stages:
         ev = s.evaluation
-        table.add_row(s.spec, *[_fmt(ev.aggregate[m]) if m in ev.aggregate else "-" for m in cols],
+        table.add_row(s.name or s.spec, *[_fmt(ev.aggregate[m]) if m in ev.aggregate else "-" for m in cols],
                       str(ev.queries_evaluated), f"{s.seconds:.2f}")
     con = _console()
     con.print(table)
@@ -175,29 +202,49 @@ def _print_result(result, doc) -> None:
 
 @app.command("eval")
 def eval_(
-    run_file: Path = typer.Argument(..., help="A TREC run file."),
+    run_file: Path = typer.Argument(..., help="A TREC run file, or rank_llm JSON (.json/.json.gz) as run: takes."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Catalog name or folder: qrels and evaluation rules."),
-    qrels: Optional[Path] = typer.Option(None, "--qrels", help="A qrels file (BEIR tsv or TREC), instead of --dataset."),
-    metrics: List[str] = typer.Option([], "--metrics", "-m", help="ir-measures names."),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="A qrels file (BEIR tsv or TREC), instead of --dataset; a known dataset's qrels file brings its measures and rules."),
+    metrics: List[str] = typer.Option([], "--metrics", "-m", help=METRICS_HELP, show_default=False),
+    queries: Optional[int] = typer.Option(None, "--queries", help="Only the first N judged queries of the run."),
+    query_ids: Optional[str] = typer.Option(None, "--query-ids", help=QUERY_IDS_HELP),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     per_query: bool = typer.Option(False, "--per-query", help="Also print per-query values."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ):
-    """Evaluate a run file against a dataset's qrels (with its rules) or a qrels file."""
+    """Evaluate a run file against a dataset's qrels (with its rules) or a qrels file.
+
+    \b
+    Examples:
+      rankify eval results/dl19/.../stage2.run -d dl19
+      rankify eval my.run --qrels qrels.txt -m nDCG@10 P@5
+    """
     from .datasets import EvalRules, resolve
     from .errors import ConfigError
     from .evaluation import evaluate, parse_measures, split_measures
-    from .formats import read_qrels, read_trec_run
+    from .formats import read_candidates_json, read_qrels, read_trec_run
+    from .pipeline import QuerySubset
 
     if (dataset is None) == (qrels is None):
         raise ConfigError("give exactly one of --dataset or --qrels")
-    ds = resolve(dataset, data_dir) if dataset else None
+    ds = resolve(dataset, data_dir) if dataset else _dataset_of_qrels(qrels, data_dir)
     measures = split_measures(metrics) or (ds.default_measures() if ds else ["nDCG@10", "R@100"])
     parse_measures(measures)
-    run = read_trec_run(run_file)
-    judgments = ds.qrels() if ds else read_qrels(qrels)
+    if run_file.name.endswith((".json", ".json.gz")):
+        run = read_candidates_json(run_file)[1]
+    else:
+        run = read_trec_run(run_file)
+    judgments = read_qrels(qrels) if qrels else ds.qrels()
+    subset = QuerySubset.from_options(queries, query_ids)
+    if subset is not None:
+        from .types import Query
+
+        order = [Query(q, "") for q in run if q in judgments]
+        keep = {q.id for q in subset.apply(order, set(judgments), run_file)}
+        run = {q: c for q, c in run.items() if q in keep}
+        judgments = {q: j for q, j in judgments.items() if q in keep}
     result = evaluate(run, judgments, measures, ds.rules() if ds else EvalRules())
-    doc = {"run": str(run_file), "dataset": ds.name if ds else None, "qrels": str(ds.qrels_path if ds else qrels),
+    doc = {"run": str(run_file), "dataset": ds.name if ds else None, "qrels": str(qrels or ds.qrels_path),
            "metrics": result.aggregate, "queries_evaluated": result.queries_evaluated, "notes": result.notes}
     if per_query or as_json:
         doc["per_query"] = result.per_query
@@ -206,7 +253,7 @@ def eval_(
         return
     from rich.table import Table
 
-    table = Table(title=f"{run_file.name} on {ds.name if ds else qrels}", title_justify="left")
+    table = Table(title=f"{run_file.name} on {ds.name if ds else qrels}", title_justify="left")  # noqa
     table.add_column("measure")
     table.add_column("value", justify="right")
     for m, v in result.aggregate.items():
@@ -220,6 +267,24 @@ def eval_(
     if per_query:
         for qid in sorted(result.per_query):
             con.print(qid + "\t" + "\t".join(f"{m}={_fmt(v)}" for m, v in result.per_query[qid].items()))
+
+
+def _dataset_of_qrels(qrels: Path, data_dir: str | None):
+    """The catalog dataset whose qrels file this is (its measures and rules apply), or None."""
+    from .catalog import CATALOG
+    from .datasets import Dataset, locate
+
+    try:
+        target = qrels.resolve()
+        for entry in CATALOG.values():
+            found = locate(entry, data_dir)
+            if found:
+                ds = Dataset(entry.name, found[0], entry.layout, found[1], entry)
+                if ds.qrels_path is not None and ds.qrels_path.resolve() == target:
+                    return ds
+    except Exception:  # an unreadable data folder: the plain qrels file still evaluates
+        return None
+    return None
 
 
 @app.command()
@@ -287,6 +352,49 @@ def _irds_datasets(as_json: bool) -> None:
     print(f"{len(usable)} of {len(rows)} ir_datasets ids have queries and qrels (--json lists all)", file=sys.stderr)
 
 
+def _list_stages(kind: str, as_json: bool) -> None:
+    from .registry import catalogue
+
+    cat = catalogue(kind)
+    if as_json:
+        print(json.dumps(cat))
+        return
+    con = _console()
+    con.print(f"{kind} families (spec: NAME[:{'MODEL' if kind == 'reranker' else 'ARGUMENT'}][?option=value&...]):")
+    for name, fam in cat["families"].items():
+        arg = f":{fam['argument'].upper()}" if fam["argument"] else ""
+        con.print(f"\n  [bold]{name}{arg}[/bold]  {fam['summary']}", highlight=False)
+        opts = "  ".join(f"{k}={v}" for k, v in fam["options"].items())
+        if opts:
+            con.print(f"    options: {opts}", highlight=False)
+    if cat["presets"]:
+        con.print("\npresets (NAME, or NAME:/local/folder to keep the preset's options with local weights):")
+        width = max(len(n) for n in cat["presets"])
+        for name, p in cat["presets"].items():
+            opts = "".join(f"?{k}={v}" if i == 0 else f"&{k}={v}" for i, (k, v) in enumerate(p["options"].items()))
+            con.print(f"  {name:<{width}}  {p['family']}:{p['model']}{opts}", highlight=False)
+
+
+@app.command()
+def rerankers(as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON.")):
+    """Reranker families with their options and defaults, and presets with their hub ids.
+
+    \b
+    Example: rankify run -d dl19 -r run:bm25 --reranker 'cross-encoder:/models/minilm?batch_size=64'
+    """
+    _list_stages("reranker", as_json)
+
+
+@app.command()
+def retrievers(as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON.")):
+    """First-stage retrievers with their options and defaults.
+
+    \b
+    Example: rankify run -d scifact -r 'bm25?k1=1.2&b=0.75'
+    """
+    _list_stages("retriever", as_json)
+
+
 @app.command()
 def leaderboard(
     output: Path = typer.Option(Path("results"), "--output", "-o", help="Results folder holding leaderboard.csv."),
@@ -340,7 +448,9 @@ def leaderboard(
             atomic_write(csv_path, buf.getvalue())
         return
     if as_json:
-        print(json.dumps(rows))
+        from .leaderboard import typed_row
+
+        print(json.dumps([typed_row(r) for r in rows]))
         return
     short = [c for c in cols if c not in ("config_hash", "rankify_version", "git_commit", "date", "params", "stage_s")]
     if markdown:
@@ -367,13 +477,15 @@ def _suite_context(data_dir, cache_dir, no_cache):
     return (str(cache) if cache else None), (Store(cache) if cache else None)
 
 
-def _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet):
+def _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet, queries=None, query_ids=None,
+               allow_unset=False):
     from .bench import prepare_suite, run_suite
+    from .pipeline import QuerySubset
     from .suites import load_suite
 
     suite = load_suite(suite_file)
     check_output(output)
-    prepared = prepare_suite(suite, data_dir, only)
+    prepared = prepare_suite(suite, data_dir, only, QuerySubset.from_options(queries, query_ids), allow_unset)
     cache, store = _suite_context(data_dir, cache_dir, no_cache)
     show = not quiet and sys.stderr.isatty()
     err = _console(stderr=True)
@@ -397,6 +509,9 @@ SUITE_OPTIONS = dict(
     cache_dir=typer.Option(None, "--cache-dir"),
     no_cache=typer.Option(False, "--no-cache"),
     quiet=typer.Option(False, "--quiet", "-q"),
+    queries=typer.Option(None, "--queries", help=QUERIES_HELP),
+    query_ids=typer.Option(None, "--query-ids", help=QUERY_IDS_HELP),
+    allow_unset=typer.Option(False, "--allow-unset", help="Skip conditions whose ${VAR} is unset (default: an error, unless the condition says optional = true)."),
 )
 
 
@@ -407,10 +522,17 @@ def bench(
     only: List[str] = SUITE_OPTIONS["only"], data_dir: Optional[str] = SUITE_OPTIONS["data_dir"],
     cache_dir: Optional[Path] = SUITE_OPTIONS["cache_dir"], no_cache: bool = SUITE_OPTIONS["no_cache"],
     quiet: bool = SUITE_OPTIONS["quiet"],
+    queries: Optional[int] = SUITE_OPTIONS["queries"], query_ids: Optional[str] = SUITE_OPTIONS["query_ids"],
+    allow_unset: bool = SUITE_OPTIONS["allow_unset"],
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Run a grid of datasets x pipelines; finished conditions are reused unless --force."""
-    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet or as_json)
+    """Run a grid of datasets x pipelines; finished conditions are reused unless --force.
+
+    \b
+    Example: rankify bench benchmarks/trec-dl.toml --only dl19-bm25 --queries 10
+    """
+    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet or as_json,
+                                 queries, query_ids, allow_unset)
     rows = [{"condition": o.condition.name, "dataset": o.condition.dataset, "status": o.status, "reason": o.reason,
              "pipeline": o.doc.get("pipeline"), "metrics": o.metrics, "seconds": round(o.seconds, 3)} for o in outcomes]
     if as_json:
@@ -439,6 +561,8 @@ def regress(
     only: List[str] = SUITE_OPTIONS["only"], data_dir: Optional[str] = SUITE_OPTIONS["data_dir"],
     cache_dir: Optional[Path] = SUITE_OPTIONS["cache_dir"], no_cache: bool = SUITE_OPTIONS["no_cache"],
     quiet: bool = SUITE_OPTIONS["quiet"],
+    queries: Optional[int] = SUITE_OPTIONS["queries"], query_ids: Optional[str] = SUITE_OPTIONS["query_ids"],
+    allow_unset: bool = SUITE_OPTIONS["allow_unset"],
 ):
     """The CI gate: exit 0 when nothing regressed, 1 on a significant regression, 2 on usage/data errors."""
     from .errors import ConfigError
@@ -447,7 +571,8 @@ def regress(
 
     if baseline is not None and not baseline.is_dir():
         raise ConfigError(f"--baseline {baseline} is not a folder")
-    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet)
+    suite, outcomes = _run_suite(suite_file, output, force, only, data_dir, cache_dir, no_cache, quiet, queries,
+                                 query_ids, allow_unset)
     a = alpha if alpha is not None else suite.alpha
     if not 0 < a < 1:
         raise ConfigError(f"--alpha must be in (0, 1), got {a}")
@@ -510,12 +635,21 @@ def cache_clear(
 
 
 def _join_multi_values(argv: list[str]) -> list[str]:
-    """Let `--metrics nDCG@10 R@100 "AP(rel=2)"` take several values, as users type it."""
+    """Let `--metrics nDCG@10 R@100 "AP(rel=2)"` and `--reranker A B` take several values, as
+    users type them (the commands taking --reranker have no positional argument to confuse)."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
         out.append(arg)
         i += 1
+        if arg in REPEATED_OPTIONS:
+            if i < len(argv):
+                out.append(argv[i])
+                i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                out += [arg, argv[i]]
+                i += 1
+            continue
         if arg in MULTI_VALUE_OPTIONS:
             values = []
             while i < len(argv) and not argv[i].startswith("-") and (not values or _looks_like_measure(argv[i])):
@@ -552,9 +686,18 @@ def _click_classes(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
+def offline_environment() -> None:
+    """RANKIFY_OFFLINE=1 puts the hub libraries offline too: a missing model is one instant
+    line, not a minute of retries."""
+    if os.environ.get("RANKIFY_OFFLINE", "").lower() in ("1", "true", "yes"):
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(name, "1")
+
+
 def main() -> None:
     from .errors import RankifyError
 
+    offline_environment()
     argv = _join_multi_values(sys.argv[1:])
     try:
         code = app(args=argv, prog_name="rankify", standalone_mode=False)
@@ -564,7 +707,9 @@ def main() -> None:
         print(f"error: {e.render()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        kept = sys.modules["rankify_cli.cache"].WRITTEN["entries"] if "rankify_cli.cache" in sys.modules else 0
+        print(f"interrupted: {kept} finished scores/calls are kept in the cache; the same command resumes"
+              if kept else "interrupted: nothing was finished yet", file=sys.stderr)
         sys.exit(130)
     except SystemExit:
         raise

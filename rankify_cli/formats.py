@@ -360,6 +360,12 @@ def write_error(e: OSError, path: str | Path) -> RankifyError:
     return RankifyError(f"cannot write ({why}{'; ' + hint if hint else ''}); nothing half-written was left", where)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     p = Path(path)
@@ -380,6 +386,7 @@ def _atomic_write(p: Path, data: str | bytes) -> None:
             f.write(blob[len(blob) // 2 :])
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,32 @@ def _value(row: dict, metric: str) -> float | None:
     return float(v) if v not in (None, "") else None
 
 
+TEXT_COLUMNS = {"dataset", "pipeline", "models", "stage_s", "config_hash", "rankify_version", "git_commit", "date"}
+
+
+def typed_row(row: dict) -> dict:
+    """A CSV row as JSON wants it: numbers as numbers, params as an object, blanks as null."""
+    import json
+
+    out: dict = {}
+    for k, v in row.items():
+        if v in (None, ""):
+            out[k] = None
+        elif k == "params":
+            try:
+                out[k] = json.loads(v)
+            except ValueError:
+                out[k] = v
+        elif k in TEXT_COLUMNS:
+            out[k] = v
+        else:
+            try:
+                out[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
 def pivot_rows(rows: list[dict], metric: str) -> tuple[list[dict], list[str]]:
     """One row per pipeline, one column per dataset, and the average over that pipeline's datasets."""
     if rows and metric not in rows[0]:

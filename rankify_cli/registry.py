@@ -115,7 +115,74 @@ def _load_class(kind: str, name: str):
     if name in eps:
         return eps[name].load()
     known = ", ".join(known_names(kind)) or "none installed yet"
-    raise ConfigError(f"unknown {kind} '{name}'; known: {known}")
+    raise ConfigError(f"unknown {kind} '{name}'{did_you_mean(name, known_names(kind))}; known: {known} "
+                      f"(`rankify {kind}s` lists them with their options)")
+
+
+def did_you_mean(word: str, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _expects(default) -> tuple[type, str] | None:
+    """What an option with this default takes, for options whose default says it."""
+    if isinstance(default, bool):
+        return bool, "true or false"
+    if isinstance(default, int):
+        return int, "an integer"
+    if isinstance(default, float):
+        return float, "a number"
+    return None
+
+
+def _check_types(kind: str, name: str, options: dict, params) -> None:
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None or p.default is inspect.Parameter.empty or p.default is None:
+            continue
+        want = _expects(p.default)
+        if want is None:
+            continue
+        cls, words = want
+        ok = isinstance(value, bool) if cls is bool else (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and (cls is float or isinstance(value, int)))
+        if not ok:
+            raise ConfigError(f"option {key} of {kind} '{name}' expects {words} (default {p.default!r}), got {value!r}")
+
+
+def options_of(kind: str, name: str) -> list[tuple[str, str]]:
+    """(option, default) of a family's constructor, as a spec takes them."""
+    params = inspect.signature(_load_class(kind, name).__init__).parameters
+    skip = {"self", ARGUMENT_PARAM.get(name, "model")}
+    out = []
+    for p in params.values():
+        if p.name in skip or p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        out.append((p.name, "(required)" if p.default is inspect.Parameter.empty else repr(p.default)))
+    return out
+
+
+def catalogue(kind: str) -> dict:
+    """What `rankify rerankers` / `rankify retrievers` list: families with their options and
+    defaults, and (rerankers) presets with the checkpoint and options they expand to."""
+    table = RETRIEVERS if kind == "retriever" else RERANKERS
+    families = {}
+    for name in sorted(set(table) | set(_entry_points(f"rankify_cli.{kind}s"))):
+        try:
+            cls = _load_class(kind, name)
+            # the class's own docstring, else its module's (an inherited one describes the base)
+            doc = inspect.cleandoc(cls.__dict__.get("__doc__") or importlib.import_module(cls.__module__).__doc__ or "")
+            families[name] = {"argument": ARGUMENT_PARAM.get(name, "model"), "options": dict(options_of(kind, name)),
+                              "summary": doc.splitlines()[0] if doc else "", "source": "built-in" if name in table else "plugin"}
+        except Exception as e:  # a broken plugin is listed with its error, never hides the others
+            families[name] = {"argument": "", "options": {}, "summary": f"cannot load: {e}", "source": "plugin"}
+    presets = {}
+    if kind == "reranker":
+        presets = {name: {"family": fam, "model": model, "options": opts}
+                   for name, (fam, model, opts) in sorted(RERANKER_PRESETS.items())}
+    return {"families": families, "presets": presets}
 
 
 def build(kind: str, text: str, defaults: dict | None = None):
@@ -125,11 +192,16 @@ def build(kind: str, text: str, defaults: dict | None = None):
     classes whose constructor takes them; others ignore them.
     """
     spec = parse_spec(kind, text)
+    preset = None
     if kind == "reranker" and spec.name in RERANKER_PRESETS and spec.name not in RERANKERS:
+        preset = spec.name
         family, model, preset_opts = RERANKER_PRESETS[spec.name]
         spec = Spec(kind, family, spec.argument or model, {**preset_opts, **spec.options})
     cls = _load_class(kind, spec.name)
     params = inspect.signature(cls.__init__).parameters
+    # `name=` labels the stage where a person reads it; it changes no score, so it stays out
+    # of the spec (and so of the config hash)
+    label = spec.options.pop("name", None) if "name" not in params else None
     # where a model is served is not what it is: defaults stay out of the spec string (pipeline id)
     implicit = {k: v for k, v in (defaults or {}).items() if v is not None and k in params and k not in spec.options}
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -137,7 +209,10 @@ def build(kind: str, text: str, defaults: dict | None = None):
     if unknown:
         allowed = [p for p in params if p not in ("self", ARGUMENT_PARAM.get(spec.name, "model"))
                    and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {kind} '{spec.name}'; accepted: {', '.join(allowed)}")
+        hint = did_you_mean(unknown[0], allowed)
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {kind} '{spec.name}'{hint}; "
+                          f"accepted: {', '.join(allowed)}")
+    _check_types(kind, spec.name, spec.options, params)
     kwargs = {**implicit, **spec.options}
     if spec.argument is not None:
         kwargs[ARGUMENT_PARAM.get(spec.name, "model")] = spec.argument
@@ -146,4 +221,6 @@ def build(kind: str, text: str, defaults: dict | None = None):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad {kind} spec '{text}': {e}") from None
     obj.spec = str(spec)
+    obj.display_name = str(label) if label is not None else None
+    obj.preset = preset  # error messages suggest PRESET:/path, which keeps the preset's options
     return obj

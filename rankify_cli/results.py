@@ -25,11 +25,17 @@ from .pipeline import PipelineResult
 
 KEY = ("dataset", "pipeline")
 LEAD = ["dataset", "pipeline"]
-TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "llm_calls",
-        "llm_tokens", "models", "params", "config_hash", "rankify_version", "git_commit", "date"]
+# Cost columns are the compute that produced the scores: work served from the cache counts
+# what it cost when it was computed (StageContext.stats `cached_compute_s`); `wall_s` is what
+# this execution took and `cache_hits` how much of it came from the cache.
+TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "model_calls",
+        "llm_calls", "llm_tokens", "wall_s", "cache_hits", "models", "params", "config_hash", "rankify_version",
+        "git_commit", "date"]
 # counters stages may report (see StageContext.stats) that the leaderboard sums up
 CALL_KEYS = ("llm_calls", "calls")
 TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens")
+HIT_KEYS = ("cached_scores", "cache_hits")
+MODEL_CALL_KEYS = ("forward_calls", "cached_forward_calls")
 
 
 def slug(text: str) -> str:
@@ -108,26 +114,37 @@ def run_info_document(result: PipelineResult) -> dict:
     }
 
 
+def stage_cost(stage) -> float:
+    """Seconds of compute behind a stage's output: this execution's time plus what the
+    results it read from the cache cost when they were computed."""
+    return stage.seconds + float(stage.stats.get("cached_compute_s", 0.0) or 0.0)
+
+
 def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
-    retrieve = sum(s.seconds for s in result.stages if s.kind == "retriever")
-    rerank = sum(s.seconds for s in result.stages if s.kind == "reranker")
+    retrieve = sum(stage_cost(s) for s in result.stages if s.kind == "retriever")
+    rerank = sum(stage_cost(s) for s in result.stages if s.kind == "reranker")
     total = retrieve + rerank
+    wall = sum(s.seconds for s in result.stages)
     row = {"dataset": result.dataset.name, "pipeline": result.pipeline_id}
     row.update({m: f"{v:.4f}" for m, v in (doc["metrics"] or {}).items()})
     top_k = result.config.get("top_k") or 0  # candidates below it follow unscored (the tail)
     reranked = sum(min(len(c), top_k) for s in result.stages if s.kind == "reranker" for c in s.run.values())
     calls = sum(_counter(s.stats, CALL_KEYS) for s in result.stages)
     tokens = sum(_counter(s.stats, TOKEN_KEYS) for s in result.stages)
-    # local folders show their last two parts (the full path and content hash are in metrics.json)
+    hits = sum(_counter(s.stats, HIT_KEYS) for s in result.stages)
+    model_calls = sum(_counter(s.stats, MODEL_CALL_KEYS) for s in result.stages)
+    # local folders show their short name (the full path and content hash are in metrics.json)
     models = [_short_model(str(s.config["model"])) for s in result.stages if s.config.get("model")]
     params = {"depth": result.config.get("depth"), "top_k": result.config.get("top_k")}
     params.update({k: v for k, v in result.config["retriever"].items() if k in ("k1", "b", "backend", "method")})
     row.update({
         "queries": result.queries, "retrieve_s": f"{retrieve:.3f}", "rerank_s": f"{rerank:.3f}",
-        "stage_s": " | ".join(f"{s.seconds:.3f}" for s in result.stages),
+        "stage_s": " | ".join(f"{stage_cost(s):.3f}" for s in result.stages),
         "total_s": f"{total:.3f}", "s_per_query": f"{total / max(result.queries, 1):.5f}",
         "docs_per_s": f"{reranked / rerank:.1f}" if reranked and rerank > 0 else "",
+        "model_calls": str(model_calls) if model_calls else "",
         "llm_calls": str(calls) if calls else "", "llm_tokens": str(tokens) if tokens else "",
+        "wall_s": f"{wall:.3f}", "cache_hits": str(hits),
         "models": ";".join(str(m) for m in models), "params": json.dumps(params, sort_keys=True),
         "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": info["git_commit"],
         "date": info["date"],
@@ -136,19 +153,20 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
 
 
 def _short_model(model: str) -> str:
-    p = Path(model)
-    return str(Path(*p.parts[-2:])) if p.is_absolute() and len(p.parts) > 2 else model
+    from .pipeline import short_path
+
+    return short_path(model) if model.startswith(("/", "~")) else model
 
 
 def _counter(stats: dict, keys: tuple[str, ...]) -> int:
     """Sum counters kept flat (`calls`) or per query (`llm_per_query: {qid: {calls: n}}`)."""
-    total = 0
+    total = 0.0
     for name, value in stats.items():
         if name in keys and isinstance(value, (int, float)):
-            total += int(value)
+            total += value
         elif name.endswith("_per_query") and isinstance(value, dict):
-            total += sum(int(v.get(k, 0)) for v in value.values() if isinstance(v, dict) for k in keys)
-    return total
+            total += sum(float(v.get(k, 0)) for v in value.values() if isinstance(v, dict) for k in keys)
+    return int(round(total))
 
 
 @contextmanager
@@ -203,13 +221,39 @@ def write_leaderboard(path: Path, rows: list[dict]) -> None:
 
 
 def upsert_leaderboard(path: Path, row: dict) -> None:
-    """Replace the row with the same (dataset, pipeline), or append; never duplicate."""
+    """Replace the row with the same (dataset, pipeline) or the same config hash, or append:
+    one condition is one row, whatever it was named."""
     with locked(path):
         remove_stale_temp_files(path.parent)
-        rows = [r for r in read_leaderboard(path) if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)]
+        rows = [r for r in read_leaderboard(path) if tuple(r.get(k) for k in KEY) != tuple(row[k] for k in KEY)
+                and not (row.get("config_hash") and r.get("config_hash") == row["config_hash"])]
         rows.append(row)
         rows.sort(key=lambda r: (r["dataset"], r["pipeline"]))
         write_leaderboard(path, rows)
+
+
+def accumulate_measures(path: Path, doc: dict) -> dict:
+    """Measures of one condition accumulate: a rerun with other measures keeps the ones an
+    earlier run of the same config hash computed (its outputs are the same, so are they)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return doc
+    if not isinstance(old, dict) or old.get("config_hash") != doc["config_hash"]:
+        return doc
+    measures = list(dict.fromkeys([*(old.get("measures") or []), *doc["measures"]]))
+
+    def merged(a, b):
+        a, b = a or {}, b or {}
+        return {m: b[m] if m in b else a[m] for m in measures if m in a or m in b}
+
+    out = {**doc, "measures": measures, "metrics": merged(old.get("metrics"), doc["metrics"])}
+    old_pq, new_pq = old.get("per_query") or {}, doc["per_query"] or {}
+    out["per_query"] = {q: merged(old_pq.get(q), new_pq.get(q)) for q in sorted(set(old_pq) | set(new_pq))}
+    old_stages = {s.get("stage"): s for s in old.get("stages") or [] if isinstance(s, dict)}
+    out["stages"] = [{**s, "metrics": merged((old_stages.get(s["stage"]) or {}).get("metrics"), s["metrics"])}
+                     for s in doc["stages"]]
+    return out
 
 
 def write_results(result: PipelineResult, output: Path) -> dict:
@@ -217,10 +261,10 @@ def write_results(result: PipelineResult, output: Path) -> dict:
     leaderboard row. Returns metrics.json's content with run_info and output_dir added."""
     target = result_dir(output, result)
     remove_stale_temp_files(target)
-    doc, info = metrics_document(result), run_info_document(result)
+    doc, info = accumulate_measures(target / "metrics.json", metrics_document(result)), run_info_document(result)
     for i, s in enumerate(result.stages, 1):
         # the tag names the method, not how it was served (options after '?' stay out of it)
-        atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug(s.spec.split("?")[0])[:40]))
+        atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug((s.name or s.spec).split("?")[0])[:40]))
         crashpoint("after-run-file")
     atomic_write(target / "run_info.json", to_json(info))
     atomic_write(target / "metrics.json", to_json(doc))

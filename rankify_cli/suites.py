@@ -34,7 +34,7 @@ from .errors import InputError
 
 SUITE_KEYS = {"name", "description", "measures", "tolerance", "include", "alpha"}
 CONDITION_KEYS = {"name", "dataset", "retriever", "rerankers", "top_k", "depth", "measures", "expected",
-                  "tolerance", "source", "description", "backend", "base_url", "api_key_env"}
+                  "tolerance", "source", "description", "backend", "base_url", "api_key_env", "optional"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -53,6 +53,9 @@ class Condition:
     backend: dict = field(default_factory=dict)
     skip_reason: str | None = None
     origin: str = ""
+    # `optional = true`: skipped when one of its ${VAR}s is unset (else that is an error)
+    optional: bool = False
+    missing_vars: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)  # expanded value -> ${VAR}, for ids
 
 
@@ -186,8 +189,12 @@ def load_suite(path: str | Path, _stack: tuple[Path, ...] = ()) -> Suite:
             backend={k: _expand(raw[k], missing) for k in ("backend", "base_url", "api_key_env") if k in raw},
             origin=str(p), aliases=aliases,
         )
+        if not isinstance(raw.get("optional", False), bool):
+            raise InputError(f"optional in {where} must be true or false", p)
+        cond.optional = raw.get("optional", False)
         if missing:
-            cond.skip_reason = f"environment variable(s) {', '.join(sorted(set(missing)))} not set"
+            cond.missing_vars = sorted(set(missing))
+            cond.skip_reason = f"environment variable(s) {', '.join(cond.missing_vars)} not set"
         conditions.append(cond)
     if not conditions:
         raise InputError("suite has no [[condition]]", p)

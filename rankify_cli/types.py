@@ -84,7 +84,9 @@ class StageContext:
     """What the pipeline hands a stage: cache, progress and counters.
 
     `stats` counts events per kind (truncated documents, parse failures, LLM calls, ...);
-    they end up in metrics.json so degradations are never silent.
+    they end up in metrics.json so degradations are never silent. Work served from the cache
+    reports what it cost when it was computed as `cached_compute_s` (seconds) next to its
+    hit count, so the leaderboard's cost columns stay those of the compute, not the lookup.
     """
 
     cache_dir: str | None = None
@@ -147,6 +149,8 @@ class Reranker(abc.ABC):
     """
 
     spec: str = ""
+    # what ctx.progress(n) counts: finished queries, or scored (query, document) pairs
+    progress_unit: str = "queries"
 
     @abc.abstractmethod
     def config(self) -> dict:
@@ -158,6 +162,13 @@ class Reranker(abc.ABC):
     ) -> list[list[Candidate]]:
         """Rerank each (query, candidates) pair; call ctx.progress(n) as queries finish."""
 
-    def rerank(self, query: Query, candidates: list[Candidate]) -> list[Candidate]:
-        """The one-call form for library users."""
-        return self.rerank_all([(query, candidates)], StageContext())[0]
+    def rerank(self, query: "Query | str", candidates: "Sequence[Candidate | str]",
+               ctx: StageContext | None = None) -> list[Candidate]:
+        """The one-call form for library users, as rerankers' `rank()`: a query and documents
+        (strings, whose doc_id becomes their position "0", "1", ..., or Candidates) in; the
+        same documents with their scores out, best first (sort_candidates order)."""
+        q = query if isinstance(query, Query) else Query("q", str(query))
+        cands = [c if isinstance(c, Candidate) else Candidate(str(i), 0.0, str(c)) for i, c in enumerate(candidates)]
+        if not cands:
+            return []
+        return sort_candidates(self.rerank_all([(q, cands)], ctx or StageContext())[0])

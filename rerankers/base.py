@@ -113,13 +113,20 @@ def load_once(key: tuple, loader: Callable[[], Any], model: str, family: str) ->
             return _LOADED[key]
         folder = local_folder(model)
         try:
-            try:  # one-line CLI output: no per-model "Loading weights" bars
+            verbosity = None
+            try:  # one-line CLI output: no per-model "Loading weights" bars or load reports
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
+                verbosity = hf_logging.get_verbosity()
+                hf_logging.set_verbosity_error()  # missing weights are checked (require_head), not logged
             except ImportError:
                 pass
-            obj = loader()
+            try:
+                obj = loader()
+            finally:
+                if verbosity is not None:
+                    hf_logging.set_verbosity(verbosity)
         except (DependencyError, ConfigError):
             raise
         except ImportError as e:
@@ -130,6 +137,16 @@ def load_once(key: tuple, loader: Callable[[], Any], model: str, family: str) ->
             raise DependencyError(f"cannot load model from folder '{model}': {str(e).splitlines()[0][:300]}") from None
         _LOADED[key] = obj
         return obj
+
+
+def require_head(model: str, loading_info: dict) -> None:
+    """A checkpoint without the scoring head (a bi-encoder loaded as a cross-encoder) would
+    score with transformers' newly-initialised random weights: an error, never a silent run."""
+    missing = sorted(loading_info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ConfigError(f"model '{model}' has no trained scoring head (missing weights: {shown}); it is not a "
+                          "cross-encoder checkpoint (a bi-encoder? use --reranker embedding:MODEL)")
 
 
 def clear_loaded() -> None:
@@ -324,10 +341,12 @@ class NeuralReranker(Reranker):
             with self._stats_lock:
                 ctx.stats[key] += n
 
-    def map_batches(self, lengths: Sequence[int], run: Callable[[list[int]], list], emit: bool = False) -> list:
+    def map_batches(self, lengths: Sequence[int], run: Callable[[list[int]], list], emit: bool = False,
+                    on_batch: Callable[[list[int], list], None] | None = None) -> list:
         """Run `run(batch of indices)` over length-sorted batches and put its results back in
         input order. Local backends run one batch at a time; HTTP backends keep up to
-        `concurrency` batches in flight. With emit, each finished batch's scores are stored at once."""
+        `concurrency` batches in flight. With emit, each finished batch's scores are stored at once;
+        `on_batch(batch, values)` is told of each finished batch (from this thread)."""
         out: list = [None] * len(lengths)
         batches = length_batches(lengths, self.batch_size, self.sort_batches)
 
@@ -338,6 +357,8 @@ class NeuralReranker(Reranker):
                 out[i] = v
             if emit:
                 self.emit(batch, values)
+            if on_batch is not None:
+                on_batch(batch, values)
 
         workers = min(self.backend.concurrency, len(batches))
         if workers <= 1:
@@ -357,7 +378,19 @@ class NeuralReranker(Reranker):
                 raise
         return out
 
+    progress_unit = "pairs"  # the progress bar advances per scored batch of pairs
+
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        try:
+            return self._rerank_chunks(items, ctx)
+        except DependencyError as e:
+            preset = getattr(self, "preset", None)
+            hint = f"--reranker {self.family}:/path/to/model"
+            if preset and hint in e.message:  # keep the preset's template and options with local weights
+                raise DependencyError(e.message.replace(hint, f"--reranker {preset}:/path/to/model")) from None
+            raise
+
+    def _rerank_chunks(self, items, ctx: StageContext) -> list[list[Candidate]]:
         out: list[list[Candidate]] = [[] for _ in items]
         chunk: list[int] = []
         size = 0
@@ -378,62 +411,118 @@ class NeuralReranker(Reranker):
         pairs_per_item = {i: self._pairs(*items[i]) for i in chunk}
         keys_per_item = {i: [pair_key(config_fp, q, d) for q, d in pairs_per_item[i]] for i in chunk}
         all_keys = [k for i in chunk for k in keys_per_item[i]]
-        cached: dict[str, Any] = ctx.store.get_many(self.family, all_keys) if ctx.store is not None else {}
+        cached = {k: cache_entry(v) for k, v in
+                  (ctx.store.get_many(self.family, all_keys) if ctx.store is not None else {}).items()}
         todo: dict[str, tuple[str, str]] = {}
         for i in chunk:
             for k, p in zip(keys_per_item[i], pairs_per_item[i]):
                 if k not in cached and k not in todo:
                     todo[k] = p
-        ctx.stats["cached_scores"] += sum(1 for k in all_keys if k in cached)
+        hits = sum(1 for k in all_keys if k in cached)
+        ctx.stats["cached_scores"] += hits
+        # what the cached entries cost when they were computed: a rerun reports that cost, not the lookup's
+        ctx.stats["cached_compute_s"] += sum(v[1] for v in cached.values())
+        ctx.stats["cached_forward_calls"] += sum(v[2] for v in cached.values())
+        advanced = len(all_keys) - len(todo)  # cached pairs (and repeats of a pair) are done already
+        if advanced:
+            ctx.progress(advanced)
         fresh: dict[str, float] = {}
         if todo:
+            import time
+
             before = self.forward_calls
-            self._sink = (list(todo), ctx, [])
+            sink = _Sink(list(todo), ctx, time.perf_counter(), before)
+            self._sink = sink
             try:
                 scores = self._compute(list(todo.values()), ctx)
                 self._flush()
             finally:
                 self._sink = None
             fresh = {k: float(s) for k, s in zip(todo, scores)}
+            # pairs no batch reported (families that do not emit) share the time since the last batch
+            rest = [k for k in todo if k not in sink.costs]
+            if rest:
+                sink.charge(rest, time.perf_counter(), self.forward_calls)
             ctx.stats["scored_pairs"] += len(fresh)
             ctx.stats["forward_calls"] += self.forward_calls - before
             for k, v in self.backend.stats().items():
                 ctx.stats[k] = v
+            ctx.stats["compute_s"] += sum(c[0] for c in sink.costs.values())
             if ctx.store is not None:
-                ctx.store.put_many(self.family, fresh)
+                ctx.store.put_many(self.family, {k: [v, *sink.costs[k]] for k, v in fresh.items()})
+            advanced += sink.advanced
+        if len(all_keys) > advanced:
+            ctx.progress(len(all_keys) - advanced)
         for i in chunk:
             _, cands = items[i]
-            scores = [fresh[k] if k in fresh else float(cached[k]) for k in keys_per_item[i]]
+            scores = [fresh[k] if k in fresh else cached[k][0] for k in keys_per_item[i]]
             out[i] = [Candidate(c.doc_id, s, c.text) for c, s in zip(cands, scores)]
-        ctx.progress(len(chunk))
-
 
     # -- per-batch persistence -------------------------------------------------------------
-    _sink = None  # (keys of the pairs being computed, ctx, pending (batch, scores) parts)
+    _sink = None  # the _Sink of the chunk being computed
 
     def emit(self, batch: list[int], scores) -> None:
-        """A finished model batch: store its scores now, so a killed run never redoes it.
+        """A finished model batch (indices into the pairs given to `_compute`): store its
+        scores now, with the seconds and model calls that produced them, so a killed run never
+        redoes it and a rerun from the cache still reports what it cost; advance the progress bar.
 
         On CUDA, parts are flushed every FLUSH_BATCHES_CUDA batches instead: each flush is a
         device-to-host synchronisation.
         """
-        if self._sink is None or self._sink[1].store is None:
+        sink = self._sink
+        if sink is None:
             return
-        self._sink[2].append((batch, scores))
-        if not str(self.device).startswith("cuda") or len(self._sink[2]) >= FLUSH_BATCHES_CUDA:
-            self._flush()
+        import time
+
+        sink.charge([sink.keys[i] for i in batch], time.perf_counter(), self.forward_calls)
+        if sink.ctx.store is not None:
+            sink.parts.append((batch, scores))
+            if not str(self.device).startswith("cuda") or len(sink.parts) >= FLUSH_BATCHES_CUDA:
+                self._flush()
         crashpoint("rerank-batch")
+        if batch:
+            sink.ctx.progress(len(batch))
+            sink.advanced += len(batch)
 
     def _flush(self) -> None:
-        if self._sink is None or not self._sink[2]:
+        sink = self._sink
+        if sink is None or not sink.parts or sink.ctx.store is None:
             return
-        keys, ctx, parts = self._sink
-        done: dict[str, float] = {}
-        for batch, scores in parts:
+        done: dict[str, list] = {}
+        for batch, scores in sink.parts:
             values = scores.float().reshape(-1).cpu().tolist() if hasattr(scores, "cpu") else list(scores)
-            done.update((keys[i], float(v)) for i, v in zip(batch, values))
-        ctx.store.put_many(self.family, done)
-        parts.clear()
+            for i, v in zip(batch, values):
+                done[sink.keys[i]] = [float(v), *sink.costs[sink.keys[i]]]
+        sink.ctx.store.put_many(self.family, done)
+        sink.parts.clear()
+
+
+class _Sink:
+    """The chunk being computed: its keys, finished parts not yet stored, and what each
+    finished pair cost (seconds, model calls), split evenly over the pairs of its batch."""
+
+    def __init__(self, keys: list[str], ctx: StageContext, t0: float, calls0: int):
+        self.keys, self.ctx = keys, ctx
+        self.parts: list = []
+        self.costs: dict[str, tuple[float, float]] = {}
+        self.mark, self.calls_mark = t0, calls0
+        self.advanced = 0
+
+    def charge(self, keys: list[str], now: float, calls: int) -> None:
+        new = [k for k in dict.fromkeys(keys) if k not in self.costs]
+        if not new:  # the time so far goes to the next pairs that finish
+            return
+        share_s, share_calls = (now - self.mark) / len(new), (calls - self.calls_mark) / len(new)
+        self.costs.update((k, (share_s, share_calls)) for k in new)
+        self.mark, self.calls_mark = now, calls
+
+
+def cache_entry(value) -> tuple[float, float, float]:
+    """(score, compute seconds, model calls) of a stored score; entries written before costs
+    were stored hold the score alone and cost nothing known."""
+    if isinstance(value, list):
+        return float(value[0]), float(value[1]) if len(value) > 1 else 0.0, float(value[2]) if len(value) > 2 else 0.0
+    return float(value), 0.0, 0.0
 
 
 def read_template(name: str, folder: Path | None = None) -> tuple[str, dict]:

@@ -154,15 +154,17 @@ class Embedding(NeuralReranker):
         self.count(ctx, f"truncated_{kind}s", len(long))
         return ids
 
-    def embed(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document") -> list[list[float]]:
-        """L2-normalised embeddings, one row (a list of floats) per text."""
+    def embed(self, texts: list[str], ctx: StageContext | None = None, kind: str = "document",
+              on_batch=None) -> list[list[float]]:
+        """L2-normalised embeddings, one row (a list of floats) per text. `on_batch(indices, rows)`
+        is called as each model batch finishes (the scores of its pairs are stored then)."""
         if not texts:
             return []
         ids = self.render_ids(texts, ctx, kind)
         tok = self.tokenizer()
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         return self.map_batches([len(s) for s in ids], lambda b: self.backend.embed(
-            [ids[i] for i in b], pad_id=pad_id, pooling=self.pooling))
+            [ids[i] for i in b], pad_id=pad_id, pooling=self.pooling), on_batch=on_batch)
 
     # -- scoring -------------------------------------------------------------------------
     def query_text(self, query: Query, candidates: list[Candidate]) -> str:
@@ -184,13 +186,32 @@ class Embedding(NeuralReranker):
         # A document shared by many queries' candidate lists (most of a BEIR corpus) is embedded
         # once per run, not once per chunk: the memo holds this model's document vectors.
         memo = self.__dict__.setdefault("_doc_vectors", {})
-        new = [d for d in dict.fromkeys(d for _, d in pairs) if d not in memo]
+        pairs_of: dict[str, list[int]] = {}
+        for i, (_, d) in enumerate(pairs):
+            pairs_of.setdefault(d, []).append(i)
+        new = [d for d in pairs_of if d not in memo]
         if len(memo) + len(new) > DOC_MEMO_MAX:
             memo.clear()
+            new = list(pairs_of)
+        scores: list[float] = [0.0] * len(pairs)
+
+        def score(docs) -> None:
+            # the pairs of these documents are final: score them and store them now, so a run
+            # killed mid-way keeps every finished batch and the progress bar moves per batch
+            done = [i for d in docs for i in pairs_of[d]]
+            for i in done:
+                scores[i] = float(qe[qi[pairs[i][0]]] @ memo[pairs[i][1]])
+            self.emit(done, [scores[i] for i in done])
+
+        score([d for d in pairs_of if d in memo])
         if new:
-            memo.update(zip(new, np.asarray(self.embed(new, ctx, "document"), dtype=np.float32)))
+            def finished(batch, rows) -> None:
+                memo.update((new[j], np.asarray(row, dtype=np.float32)) for j, row in zip(batch, rows))
+                score([new[j] for j in batch])
+
+            self.embed(new, ctx, "document", on_batch=finished)
         ctx.stats["documents_embedded"] += len(new)
-        return [float(qe[qi[q]] @ memo[d]) for q, d in pairs]
+        return scores
 
 
 class E2Rank(Embedding):

@@ -15,6 +15,11 @@ class PreRetrieved(Retriever):
     def __init__(self, name: str = ""):
         if not name:
             raise ValueError("run: needs a name or a file, e.g. run:bm25 or run:path/to/file.run")
+        if ("/" in name or name.endswith((".run", ".trec", ".txt", ".json", ".gz"))) and not Path(name).expanduser().exists():
+            from rankify_cli.errors import InputError
+
+            raise InputError("run file not found (run:FILE takes a TREC run or rank_llm JSON file; "
+                             "run:NAME a dataset's staged run, see `rankify datasets`)", name)
         self.name = name
         self.spec = f"run:{name}"
 

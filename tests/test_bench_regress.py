@@ -147,6 +147,7 @@ name = "needs-a-model"
 dataset = "dl19"
 retriever = "run:bm25"
 rerankers = ["embedding:${RANKIFY_TEST_UNSET_MODEL}"]
+optional = true
 expected = { "nDCG@10" = 0.7 }
 """
     r = cli("regress", str(suite(tmp_path, text)), "-o", str(tmp_path / "res"))

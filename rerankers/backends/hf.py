@@ -116,7 +116,14 @@ class HF(Backend):
 
             cls = getattr(transformers, {"seq-cls": "AutoModelForSequenceClassification", "causal": "AutoModelForCausalLM",
                                          "seq2seq": "AutoModelForSeq2SeqLM", "encoder": "AutoModel"}[what])
-            model = cls.from_pretrained(self.model_name, dtype=torch_dtype(dtype), **self._kw())
+            if what == "seq-cls":  # a checkpoint without its scoring head must not score with random weights
+                from ..base import require_head
+
+                model, info = cls.from_pretrained(self.model_name, dtype=torch_dtype(dtype), output_loading_info=True,
+                                                  **self._kw())
+                require_head(self.model_name, info)
+            else:
+                model = cls.from_pretrained(self.model_name, dtype=torch_dtype(dtype), **self._kw())
             model.to(device).eval()
             return model
 
