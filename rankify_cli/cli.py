@@ -405,8 +405,17 @@ def leaderboard(
     metric: Optional[str] = typer.Option(None, "--metric", help="Sort by this measure (descending); the measure of --pivot and --plot (default nDCG@10)."),
     pivot: bool = typer.Option(False, "--pivot", help="Pipelines x datasets with an average column, as BEIR tables are printed."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the measure vs seconds per query, one point per pipeline."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page: sortable pivot, cost columns, significance marks, quality-vs-cost plot."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="--html: mark pipelines significantly better/worse than this one (paired per-query tests, Holm-corrected)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="--html: significance level."),
 ):
-    """Show results/leaderboard.csv as a table, or export it."""
+    """Show results/leaderboard.csv as a table, or export it.
+
+    \b
+    Examples:
+      rankify leaderboard --pivot
+      rankify leaderboard --html leaderboard.html --baseline run:bm25
+    """
     from .errors import InputError
     from .formats import atomic_write
     from .results import columns, read_leaderboard
@@ -424,6 +433,15 @@ def leaderboard(
             raise ConfigError(f"no column '{metric}' in {path}")
         rows.sort(key=lambda r: -float(r.get(metric) or "nan") if r.get(metric) else float("inf"))
     cols = columns(rows) if rows else []
+    if html is not None:
+        from .errors import ConfigError
+        from .leaderboard_html import render
+
+        if not 0 < alpha < 1:
+            raise ConfigError(f"--alpha must be in (0, 1), got {alpha}")
+        atomic_write(html, render(rows, output, metric or "nDCG@10", baseline, alpha))
+        _console(stderr=True).print(f"wrote {html}")
+        return
     if plot is not None:
         from .leaderboard import plot_quality_cost
 
