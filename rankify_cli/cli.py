@@ -293,7 +293,11 @@ def datasets(
     irds: bool = typer.Option(False, "--irds", help="List the ir_datasets ids usable as --dataset irds:<id> instead."),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """What datasets are known, which are available locally or by download, and where they resolve to."""
+    """What datasets are known, which are available locally or by download, and where they resolve to.
+
+    \b
+    Example: rankify datasets --json
+    """
     if irds:
         return _irds_datasets(as_json)
     from .catalog import CATALOG
@@ -582,7 +586,11 @@ def regress(
     queries: Optional[int] = SUITE_OPTIONS["queries"], query_ids: Optional[str] = SUITE_OPTIONS["query_ids"],
     allow_unset: bool = SUITE_OPTIONS["allow_unset"],
 ):
-    """The CI gate: exit 0 when nothing regressed, 1 on a significant regression, 2 on usage/data errors."""
+    """The CI gate: exit 0 when nothing regressed, 1 on a significant regression, 2 on usage/data errors.
+
+    \b
+    Example: MINILM_PATH=/models/all-MiniLM-L6-v2 rankify regress benchmarks/ci.toml --baseline last-results/
+    """
     from .errors import ConfigError
     from .formats import atomic_write
     from .regress import grade_all, junit, markdown
@@ -624,7 +632,11 @@ def _parse_age(text: str) -> float:
 
 @cache_app.command("info")
 def cache_info(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"), as_json: bool = typer.Option(False, "--json")):
-    """Where the cache is, what it holds and how big it is."""
+    """Where the cache is, what it holds and how big it is.
+
+    \b
+    Example: rankify cache info --cache-dir ~/.cache/rankify-cli
+    """
     from .cachedir import describe
 
     info = describe(cache_dir)
@@ -645,7 +657,11 @@ def cache_clear(
     older_than: Optional[str] = typer.Option(None, "--older-than", help="Only entries older than this, e.g. 7d, 12h."),
     include_data: bool = typer.Option(False, "--include-data", help="Also remove downloaded datasets."),
 ):
-    """Remove cached work (everything, or what is older than --older-than)."""
+    """Remove cached work (everything, or what is older than --older-than).
+
+    \b
+    Example: rankify cache clear --older-than 30d
+    """
     from .cachedir import clear
 
     removed = clear(cache_dir, _parse_age(older_than) if older_than else None, include_data)

@@ -164,8 +164,9 @@ def test_help_screens_have_examples_and_defaults():
     r = rankify("run", "--help")
     text = " ".join(r.out.split())  # help is wrapped to the terminal's width
     assert "Examples:" in text and "`rankify rerankers` lists" in text and "default: the dataset's" in text, r
-    for cmd in ("eval", "bench", "rerankers", "retrievers"):
-        assert "Example" in rankify(cmd, "--help").out, cmd
+    for cmd in (["eval"], ["bench"], ["regress"], ["leaderboard"], ["datasets"], ["rerankers"], ["retrievers"],
+                ["cache", "info"], ["cache", "clear"]):
+        assert "Example" in rankify(*cmd, "--help").out, cmd
 
 
 # -- item 10: a quick look at a subset -------------------------------------------------------
