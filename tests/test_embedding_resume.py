@@ -154,3 +154,23 @@ def test_cost_columns_survive_a_rerun_from_the_cache(minilm, tmp_path):
     assert float(second["wall_s"]) < float(first["wall_s"])
     assert second["model_calls"] == first["model_calls"] and int(first["model_calls"]) >= 1 + math.ceil(250 / 32)
     assert float(second["docs_per_s"]) == pytest.approx(float(first["docs_per_s"]), rel=0.10)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept(minilm, tmp_path):
+    import re
+    import signal
+
+    cache = tmp_path / "cache"
+    cmd = [*console_script(), "run", "-d", "dl19", "-r", "run:bm25", "--reranker", f"embedding:{minilm}?batch_size={BATCH}",
+           "--queries", "10", "-q", "-o", str(tmp_path / "out")]
+    env = {**os.environ, "RANKIFY_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _stored(cache) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    m = re.fullmatch(r"interrupted: (\d+) finished scores/calls are kept in the cache; the same command resumes\n", err)
+    assert m and int(m.group(1)) == len(_stored(cache)) > 0, err
