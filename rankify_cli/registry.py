@@ -37,6 +37,7 @@ RERANKERS: dict[str, str] = {
     "duot5": "rankify_cli.rerankers.duot5:DuoT5",
     "pairwise": "rankify_cli.rerankers.pairwise:Pairwise",
     "first": "rankify_cli.rerankers.first:First",
+    "prism": "rankify_cli.rerankers.evidence:Prism",
 }
 # preset -> (family, model, options): short names for public checkpoints (a plain dict module).
 from .rerankers.presets import PRESETS as _PRESETS  # noqa: E402

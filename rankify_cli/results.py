@@ -261,11 +261,16 @@ def write_results(result: PipelineResult, output: Path) -> dict:
     leaderboard row. Returns metrics.json's content with run_info and output_dir added."""
     target = result_dir(output, result)
     remove_stale_temp_files(target)
+    # what a reranker's model said (prism?explain=true) goes to its own file, not run_info.json
+    explanations = [{"stage": i, **e} for i, s in enumerate(result.stages, 1) for e in s.stats.pop("explanations", [])]
     doc, info = accumulate_measures(target / "metrics.json", metrics_document(result)), run_info_document(result)
     for i, s in enumerate(result.stages, 1):
         # the tag names the method, not how it was served (options after '?' stay out of it)
         atomic_write(target / f"stage{i}.run", format_trec_run(s.run, tag=slug((s.name or s.spec).split("?")[0])[:40]))
         crashpoint("after-run-file")
+    if explanations:
+        atomic_write(target / "explanations.jsonl",
+                     "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in explanations))
     atomic_write(target / "run_info.json", to_json(info))
     atomic_write(target / "metrics.json", to_json(doc))
     crashpoint("before-leaderboard")

@@ -1,0 +1,83 @@
+"""Evidence (Prism-Reranker shape): a tiny Qwen2 with the Prism template through the real
+loading path; the score equals sigmoid(l_yes - l_no) computed here from the model's own
+logits, and `explain=true` writes explanations.jsonl beside the run with token counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llm_server import load_trec_dl  # noqa: E402
+from test_neural_rerankers import _byte_bpe_tokenizer  # noqa: E402
+
+from rankify_cli import registry  # noqa: E402
+from rankify_cli.types import Candidate, Query  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_prism(tmp_path_factory):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conftest import DATA
+
+    _, cands = load_trec_dl("dl19", str(DATA))
+    texts = [t for cs in list(cands.values())[:3] for _, t in cs[:20]]
+    tpl = json.loads((Path(__file__).resolve().parents[1] / "rerankers" / "templates" / "prism.json").read_text())
+    tok = _byte_bpe_tokenizer(texts + [tpl["prefix"], tpl["suffix"], "<contribution> </contribution> <evidence> </evidence>"])
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("prism")
+    Qwen2ForCausalLM(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_score_is_sigmoid_of_the_label_logit_gap(tiny_prism):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rr = registry.build("reranker", f"prism:{tiny_prism}")
+    pairs = [("what is a cat", "A cat is a small domesticated mammal."), ("rain", "The stock market closed higher.")]
+    got = rr.rerank(Query("q", pairs[0][0]), [Candidate("a", 0.0, pairs[0][1])])[0].score
+    tok = AutoTokenizer.from_pretrained(tiny_prism)
+    model = AutoModelForCausalLM.from_pretrained(tiny_prism).eval()
+    ids = rr.encode([pairs[0]])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    want = 1.0 / (1.0 + math.exp(-(float(logits[yes]) - float(logits[no]))))
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_explanations_jsonl_beside_the_run(tiny_prism, cli, tmp_path):
+    res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "5",
+              "--reranker", f"prism:{tiny_prism}?explain=true&max_new_tokens=12",
+              env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert res.code == 0, res
+    out = Path(res.json()["output_dir"])
+    info = json.loads((out / "run_info.json").read_text())
+    stats = info["stages"][-1]["stats"]
+    assert "explanations" not in stats
+    rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    head = [line.split() for line in (out / "stage2.run").read_text().splitlines()]
+    yes = [(q, d) for q, _, d, rank, score, _ in head if int(rank) <= 5 and float(score) >= 0.5]
+    assert rows and sorted((r["query_id"], r["doc_id"]) for r in rows) == sorted(yes)
+    assert stats["explanations_written"] == len(rows)
+    for r in rows:
+        assert r["stage"] == 2 and r["score"] >= 0.5 and 1 <= r["generated_tokens"] <= 12 and r["document_tokens"] > 0
+        assert set(r) >= {"contribution", "evidence", "text", "evidence_tokens"}
+
+
+def test_fields_are_read_from_the_generation(tiny_prism):
+    rr = registry.build("reranker", f"prism:{tiny_prism}?explain=true")
+    text = "\n<contribution>defines the term</contribution>\n<evidence>A cat is a small mammal.</evidence>"
+    assert rr.parse(text) == {"contribution": "defines the term", "evidence": "A cat is a small mammal."}
+    assert rr.parse("no tags here") == {"contribution": None, "evidence": None}
