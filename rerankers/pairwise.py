@@ -13,6 +13,11 @@ The top `k` (default 10) then the rest in first-stage order, scores -rank, as th
 Comparisons are counted per query (stats `pairwise_per_query`): the reference's
 `total_compare` (allpair: the number of pairs, one two-prompt batch each).
 
+Scoring: `scoring=generation` (default) parses the chat answer; `scoring=logprobs` renders the
+prompt as the reference's local path does (template pairwise-prp-local: chat template with the
+generation prompt, then " Passage:") and takes the letter whose token has the higher next-token
+log-probability (`label_logprobs`: hf, vllm, or openai on a vLLM server with tokenizer=).
+
 Departure (named): an answer that names neither passage makes the reference assume "A"
 (OpenAiPairwiseLlmRanker._get_response); here that comparison is decided by first-stage rank
 and counted as a fallback, so a run of unusable answers keeps the first-stage order.
@@ -24,8 +29,9 @@ import re
 from itertools import combinations
 from typing import Sequence
 
-from rankify_cli.types import Candidate, Query, Reranker, StageContext
+from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
+from .backends.base import ChatResponse
 from .llm import COMMON_DOC, LLMRerankerBase, Plan, drive
 
 METHODS = ("allpair", "heapsort", "sliding")
@@ -46,6 +52,7 @@ class Pairwise(LLMRerankerBase, Reranker):
     default_template = "pairwise-prp"
 
     def __init__(self, model: str = "", method: str = "heapsort", k: int = 10, template: str | None = None,
+                 scoring: str = "generation",
                  backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, backoff: float = 0.5,
                  log_calls: str | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
@@ -57,7 +64,11 @@ class Pairwise(LLMRerankerBase, Reranker):
             raise ValueError(f"method must be one of {', '.join(METHODS)} (got '{method}')")
         if int(k) < 1:
             raise ValueError(f"k must be >= 1 (got {k})")
-        self.method, self.k = method, int(k)
+        if scoring not in ("generation", "logprobs"):
+            raise ValueError(f"scoring must be generation or logprobs (got '{scoring}')")
+        self.method, self.k, self.scoring = method, int(k), scoring
+        if scoring == "logprobs" and template is None:
+            template = "pairwise-prp-local"
         self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
                            backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
                            batch_size, gguf_file, tokenizer, cache)
@@ -65,7 +76,7 @@ class Pairwise(LLMRerankerBase, Reranker):
 
     def config(self) -> dict:
         return {"family": "pairwise", **self.backend.identity(), **self._template_config(), "method": self.method,
-                "k": self.k, "doc_max_tokens": self.doc_max_tokens, **self._decoding_config()}
+                "k": self.k, "scoring": self.scoring, "doc_max_tokens": self.doc_max_tokens, **self._decoding_config()}
 
     def messages(self, query: str, doc1: str, doc2: str) -> list[dict]:
         t = self.template
@@ -73,8 +84,27 @@ class Pairwise(LLMRerankerBase, Reranker):
         msgs.append({"role": "user", "content": t["user"].format(query=query, doc1=doc1, doc2=doc2)})
         return msgs
 
+    def letter_by_logprobs(self, ctx: StageContext, msgs: list[dict]) -> str:
+        """The reference's local path: chat template + generation prompt + ' Passage:', then the
+        letter whose token is likelier next."""
+        tok = self.backend.chat_tokenizer()
+        if tok is None:
+            raise ValueError("scoring=logprobs renders token ids: it needs the model's tokenizer (backend=hf or vllm, "
+                             "or tokenizer=HF_ID with backend=openai)")
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        ids = tok(text + self.template.get("answer_prefix", " Passage:"))["input_ids"]  # as the reference tokenizes it
+        labels = [tok(x, add_special_tokens=False)["input_ids"][-1] for x in self.template.get("labels", [" A", " B"])]
+        key = fingerprint({"v": 1, **self.backend.cache_identity(), "ids": ids, "labels": labels})
+        hit = ctx.store.get_many("pairwise-logprobs", [key]).get(key) if ctx.store is not None and self.use_cache else None
+        if hit is None:
+            hit = self.backend.label_logprobs([ids], labels, kind="causal", pad_id=tok.pad_token_id or 0)[0]
+            ctx.stats["pairwise_forward_calls"] += 1
+            if ctx.store is not None and self.use_cache:
+                ctx.store.put_many("pairwise-logprobs", {key: list(hit)})
+        return "Passage A" if hit[0] >= hit[1] else "Passage B"
+
     # -- one query -------------------------------------------------------------------------
-    def _plan(self, caller, stats: dict, query: Query, cands: list[Candidate]) -> Plan:
+    def _plan(self, caller, stats: dict, query: Query, cands: list[Candidate], ctx: StageContext) -> Plan:
         n = len(cands)
         texts = [self.backend.truncate(c.text, self.doc_max_tokens) for c in cands]
         parser = self.template.get("parser") or {}
@@ -98,15 +128,21 @@ class Pairwise(LLMRerankerBase, Reranker):
             return [self._request(self.messages(query.text, texts[i], texts[j])),
                     self._request(self.messages(query.text, texts[j], texts[i]))]
 
+        def ask(reqs):
+            """Answers to chat requests: from the backend's chat, or read from label log-probabilities."""
+            if self.scoring == "logprobs":
+                return [ChatResponse(self.letter_by_logprobs(ctx, r.messages)) for r in reqs]
+            return (yield reqs)
+
         def gt(i: int, j: int):
             """i > j as the reference's ComparableDoc.__gt__: i wins both orders."""
             mine["comparisons"] += 1
-            r0, r1 = yield requests(i, j)
+            r0, r1 = yield from ask(requests(i, j))
             return outcome(i, j, r0.text, r1.text) == "first"
 
         if self.method == "allpair":
             pairs = list(combinations(range(n), 2))
-            answers = yield [r for i, j in pairs for r in requests(i, j)]
+            answers = yield from ask([r for i, j in pairs for r in requests(i, j)])
             mine["comparisons"] += len(pairs)
             scores: dict[int, float] = {}
             for p, (i, j) in enumerate(pairs):
@@ -167,7 +203,7 @@ class Pairwise(LLMRerankerBase, Reranker):
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)
         stats: dict[str, dict] = {}
-        out = drive(items, lambda q, c: self._plan(caller, stats, q, c), caller, ctx, self.concurrency)
+        out = drive(items, lambda q, c: self._plan(caller, stats, q, c, ctx), caller, ctx, self.concurrency)
         ctx.stats["pairwise_comparisons"] += sum(v["comparisons"] for v in stats.values())
         ctx.stats["pairwise_per_query"] = {q: dict(v) for q, v in sorted(stats.items())}
         return out

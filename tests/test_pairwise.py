@@ -148,3 +148,29 @@ def test_cli_oracle_and_garbage(method, cli, tmp_path, dl19):
     assert doc["metrics"]["nDCG@10"] == pytest.approx(doc["stages"][0]["metrics"]["nDCG@10"], abs=1e-12)
     assert round(doc["metrics"]["nDCG@10"], 4) == 0.5058
     assert stats["llm_fallbacks"] == stats["pairwise_comparisons"] > 0
+
+
+from test_first import tiny_qwen  # noqa: E402,F401  (the tiny chat model fixture)
+
+
+def test_logprob_scoring_renders_the_reference_local_prompt(tiny_qwen, cli, tmp_path):
+    from transformers import AutoTokenizer
+
+    rr = registry.build("reranker", f"pairwise:{tiny_qwen}?scoring=logprobs&method=heapsort")
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+    msgs = rr.messages("what is a cat", "A cat is a mammal.", "Stocks rose.")
+    assert msgs == [{"role": "user", "content": 'Given a query "what is a cat", which of the following two passages is '
+                     'more relevant to the query?\n\nPassage A: "A cat is a mammal."\n\nPassage B: "Stocks rose."\n\n'
+                     'Output Passage A or Passage B:'}]
+    # llm-rankers' local path: the chat template with the generation prompt, then " Passage:"
+    want = tok([tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + " Passage:"]).input_ids[0]
+    seen = []
+    rr.backend.label_logprobs = lambda prompts, labels, **kw: seen.append((prompts, labels)) or [[-1.0, -2.0]]
+    assert rr.letter_by_logprobs(StageContext(), msgs) == "Passage A" and seen[0][0] == [want]
+    res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "6",
+              "--reranker", f"pairwise:{tiny_qwen}?scoring=logprobs&method=sliding&k=3&doc_max_tokens=40",
+              env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert res.code == 0, res
+    stats = json.loads((Path(res.json()["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"]
+    assert stats["pairwise_forward_calls"] <= 2 * stats["pairwise_comparisons"] and stats["pairwise_forward_calls"] > 0
+    assert len(stats["pairwise_per_query"]) == 43
