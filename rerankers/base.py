@@ -240,6 +240,7 @@ class NeuralReranker(Reranker):
         self._resolved: tuple[str, str | None] | None = None
         self.timings: dict[str, float] = {}
         self._stats_lock = threading.Lock()
+        self.render_lock = threading.Lock()
         if self.backend_kind in HTTP_BACKENDS:  # a missing or bad base URL is a spec error, not a mid-run one
             from .backends.http import HTTPClient, split_urls
 
@@ -395,7 +396,7 @@ class NeuralReranker(Reranker):
         chunk: list[int] = []
         size = 0
         # an HTTP backend keeps `concurrency` batches in flight: chunks big enough to fill them
-        limit = max(CHUNK_PAIRS, self.backend.concurrency * self.batch_size * 8)
+        limit = max(CHUNK_PAIRS, self.backend.concurrency * self.batch_size * 16)
         for i, (_, cands) in enumerate(items):
             chunk.append(i)
             size += len(cands)

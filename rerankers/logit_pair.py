@@ -208,14 +208,21 @@ class LogitPair(NeuralReranker):
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
         tok = self.tokenizer()
         pos, neg = self.labels()
-        ids = self.encode(pairs, ctx)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         side = self.t.get("padding_side", "left" if self.t["kind"] == "causal" else "right")
         if self.t["kind"] == "causal" and side != "left":
             raise ConfigError("a causal logit-pair template needs padding_side 'left' (the score is read at the end)")
 
-        def run(batch):
-            lps = self.backend.label_logprobs([ids[i] for i in batch], [pos, neg], kind=self.t["kind"], pad_id=pad_id)
+        def score(ids: list[list[int]]) -> list[float]:
+            lps = self.backend.label_logprobs(ids, [pos, neg], kind=self.t["kind"], pad_id=pad_id)
             return [self.score_rule(p, n) for p, n in lps]
 
-        return self.map_batches([len(s) for s in ids], run, emit=True)
+        if not self.backend.local:  # a server: each batch is rendered while others are in flight
+            def run(batch):
+                with self.render_lock:  # one tokenizer, shared by the batch threads
+                    ids = self.encode([pairs[i] for i in batch], ctx)
+                return score(ids)
+
+            return self.map_batches([len(q) + len(d) for q, d in pairs], run, emit=True)
+        ids = self.encode(pairs, ctx)
+        return self.map_batches([len(s) for s in ids], lambda b: score([ids[i] for i in b]), emit=True)
