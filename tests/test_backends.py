@@ -126,3 +126,14 @@ def test_per_replica_bound_and_the_pairs_the_server_scores(cli, tmp_path, data_d
     for qid, (query, docs) in list(items.items())[:5]:  # the server scored the texts as they are
         for doc_id, text in docs:
             assert scores[qid][doc_id] == pytest.approx(pair_score(query, text), abs=1e-4)
+
+
+def test_vllm_backend_without_vllm_is_one_line(cli, tmp_path, data_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is importable here; tests/test_vllm.py runs the backend")
+    res = cli("run", "-d", "dl19", "-r", "run:bm25", "--reranker", f"embedding:{_minilm()}", "--backend", "vllm",
+              "--top-k", "2", "-o", str(tmp_path / "o"), "-q")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and "Traceback" not in res.err, res
+    assert "backend=vllm needs vLLM" in res.err

@@ -108,17 +108,17 @@ def vllm(tmp_path_factory):
 
 # --------------------------------------------------------------------------------------------- helpers
 def run_cli(cli, tmp_path: Path, name: str, reranker: str, top_k: int, dataset: str = "dl19",
-            python: str | None = None):
+            python: str | None = None, timeout: float = 1200):
     args = ["run", "-d", dataset, "-r", "run:bm25", "--reranker", reranker, "--top-k", str(top_k),
             "-o", str(tmp_path / name), "-q", "--json"]
     env = {"RANKIFY_CACHE_DIR": str(tmp_path / f"cache-{name}")}
     if python is None:
-        res = cli(*args, env=env)
+        res = cli(*args, env=env, timeout=timeout)
         code, out, err = res.code, res.out, res.err
     else:  # the vLLM environment's own interpreter (in-process vLLM backend)
         proc = subprocess.run([python, "-m", "rankify_cli.cli", *args], capture_output=True, text=True,
                               env={**os.environ, **env, "VLLM_CPU_KVCACHE_SPACE": "1",
-                                   "RANKIFY_VLLM_ENGINE_ARGS": '{"enforce_eager": true}'}, timeout=1200)
+                                   "RANKIFY_VLLM_ENGINE_ARGS": '{"enforce_eager": true}'}, timeout=timeout)
         code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 0, f"exit {code}\n{err[-3000:]}"
     doc = json.loads(out)
@@ -155,23 +155,26 @@ def rerank(spec: str, items):
 
 
 # --------------------------------------------------------------------------------------------- tests
+# A CPU vLLM server embeds a few hundred tokens a second on 2 busy cores: CI compares the
+# backends on the top-10 of all 43 queries; the full top-100 (4,300 passages) runs on request.
+REMOTE_CPU = "batch_size=32&concurrency=4&timeout=900"
+
+
 def test_embedding_and_e2rank_over_http_equal_local_on_all_dl19(cli, tmp_path, vllm):
+    """hf and HTTP (vLLM /v1/embeddings on the same MiniLM folder) agree score by score and in
+    nDCG@10 for both families on all 43 DL19 queries."""
     path, server = vllm["minilm"]
-    got = {}
+    remote = f"backend=openai&base_url={server.url}&served_model=minilm&{REMOTE_CPU}"
     for family in ("embedding", "e2rank"):
-        local, lf, _ = run_cli(cli, tmp_path, f"{family}-hf", f"{family}:{path}?batch_size=64", 100)
-        http, hf_, stats = run_cli(cli, tmp_path, f"{family}-http",
-                                   f"{family}:{path}?backend=openai&base_url={server.url}&served_model=minilm"
-                                   "&batch_size=64", 100)
+        local, lf, _ = run_cli(cli, tmp_path, f"{family}-hf", f"{family}:{path}?batch_size=64", 10)
+        http, hf_, stats = run_cli(cli, tmp_path, f"{family}-http", f"{family}:{path}?{remote}", 10)
         a, b = local["metrics"]["nDCG@10"], http["metrics"]["nDCG@10"]
         sa, sb = run_scores(lf), run_scores(hf_)
         diff = max(abs(sa[q][d] - sb[q][d]) for q in sa for d in sa[q])
-        got[family] = (a, b, diff)
-        print(f"{family}: nDCG@10 hf {a:.4f} openai(vLLM) {b:.4f}; max |score diff| {diff:.2e}; "
+        print(f"{family} top-10: nDCG@10 hf {a:.4f} openai(vLLM) {b:.4f}; max |score diff| {diff:.2e}; "
               f"queries {len(sa)}; replicas {stats['replicas']}")
         assert len(sa) == len(sb) == 43 and round(a, 4) == round(b, 4) and diff <= 1e-4
         assert http["config"]["rerankers"][0]["backend"] == "openai"
-    assert round(got["embedding"][1], 4) == 0.6424  # DESIGN.md: bare sentence-transformers
 
 
 def test_cross_encoder_over_v1_score_equals_local(vllm):
@@ -219,7 +222,7 @@ def test_llm_families_on_smollm2_served_by_vllm(cli, tmp_path, vllm):
     mini = mini_dl19(DATA, tmp_path / "mini", queries=2, depth=8)
     tok = AutoTokenizer.from_pretrained(path)
     common = f"backend=openai&base_url={server.url}&tokenizer={path}&max_new_tokens=48"
-    for paradigm, opts in (("listwise", "exact_answer=true&window=8"), ("setwise", "set_size=4&k=1"),
+    for paradigm, opts in (("listwise", "exact_answer=true"), ("setwise", "set_size=4&k=1"),
                            ("groupwise", "group_size=4&repeats=1")):
         log = tmp_path / f"{paradigm}.jsonl"
         _, _, stats = run_cli(cli, tmp_path, paradigm, f"{paradigm}:smollm2?{common}&{opts}&log_calls={log}", 8,
@@ -244,7 +247,7 @@ def test_in_process_vllm_backend_equals_the_server(cli, tmp_path, vllm):
 
     mini = mini_dl19(DATA, tmp_path / "mini", queries=2, depth=8)
     smol, smol_srv = vllm["smollm2"]
-    lw = "listwise:{m}?window=8&max_new_tokens=48&exact_answer=true"
+    lw = "listwise:{m}?max_new_tokens=48&exact_answer=true"
     _, a, _ = run_cli(cli, tmp_path, "lw-server", lw.format(m="smollm2") +
                       f"&backend=openai&base_url={smol_srv.url}&tokenizer={smol}", 8, dataset=str(mini))
     _, b, sb = run_cli(cli, tmp_path, "lw-vllm", lw.format(m=smol) + "&backend=vllm", 8,
@@ -254,10 +257,20 @@ def test_in_process_vllm_backend_equals_the_server(cli, tmp_path, vllm):
 
     path, server = vllm["minilm"]
     _, c, _ = run_cli(cli, tmp_path, "emb-server", f"embedding:{path}?backend=openai&base_url={server.url}"
-                      "&served_model=minilm", 20, dataset=str(mini))
-    _, d, _ = run_cli(cli, tmp_path, "emb-vllm", f"embedding:{path}?backend=vllm", 20,
+                      f"&served_model=minilm&{REMOTE_CPU}", 8, dataset=str(mini))
+    _, d, _ = run_cli(cli, tmp_path, "emb-vllm", f"embedding:{path}?backend=vllm", 8,
                       dataset=str(mini), python=py)
     sc, sd = run_scores(c), run_scores(d)
     diff = max(abs(sc[q][x] - sd[q][x]) for q in sc for x in sc[q])
     print(f"in-process vLLM vs server: listwise run files identical; embedding max |diff| {diff:.2e}")
     assert diff <= 1e-5
+
+
+@pytest.mark.skipif(not os.environ.get("RANKIFY_VLLM_FULL"), reason="the full DL19 top-100 over a CPU vLLM server "
+                    "takes ~15 min on 2 cores: set RANKIFY_VLLM_FULL=1")
+def test_embedding_over_http_reaches_0_6424_on_dl19_top100(cli, tmp_path, vllm):
+    path, server = vllm["minilm"]
+    doc, _, _ = run_cli(cli, tmp_path, "embedding-100", f"embedding:{path}?backend=openai&base_url={server.url}"
+                        f"&served_model=minilm&{REMOTE_CPU}", 100, timeout=2400)
+    print(f"embedding over vLLM, DL19 BM25 top-100: nDCG@10 {doc['metrics']['nDCG@10']:.4f}")
+    assert round(doc["metrics"]["nDCG@10"], 4) == 0.6424  # = the hf backend (test_neural_rerankers)
