@@ -89,8 +89,9 @@ def vllm(tmp_path_factory):
     """{name: (model folder, server)} for the four models; the servers start at once."""
     py = require_vllm()
     root = tmp_path_factory.mktemp("vllm")
-    models = {"minilm": (minilm(), ("--runner", "pooling")),
-              "bert": (build_bert_classifier(root / "bert"), ("--runner", "pooling")),
+    # fp32 everywhere: vLLM's dtype 'auto' downcasts a float32 checkpoint to float16
+    models = {"minilm": (minilm(), ("--runner", "pooling", "--dtype", "float32")),
+              "bert": (build_bert_classifier(root / "bert"), ("--runner", "pooling", "--dtype", "float32")),
               "qwen": (build_qwen(root / "qwen"), ("--dtype", "float32", "--max-model-len", "4096")),
               "smollm2": (convert_smollm2(root / "smollm2"), ("--max-model-len", "4096"))}
     servers = {}

@@ -41,6 +41,17 @@ def _vllm():
     return SamplingParams, TokensPrompt
 
 
+def _default_dtype() -> str:
+    """vLLM's 'auto' downcasts a float32 checkpoint to float16; without a GPU the hf backend
+    computes in float32, and so does this one (same weights, same scores)."""
+    try:
+        import torch
+
+        return "auto" if torch.cuda.is_available() else "float32"
+    except ImportError:
+        return "auto"
+
+
 def engine_args() -> dict:
     raw = os.environ.get("RANKIFY_VLLM_ENGINE_ARGS", "").strip()
     if not raw:
@@ -65,7 +76,7 @@ class VLLM(Backend):
                  tensor_parallel_size: int = 1, seed: int = 0, **_ignored):
         super().__init__()
         self.model_name, self.revision = model, revision
-        self.dtype = dtype or "auto"
+        self.dtype = dtype or _default_dtype()
         self.trust_remote_code = trust_remote_code
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.family = family
