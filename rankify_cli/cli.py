@@ -614,6 +614,65 @@ def regress(
         raise typer.Exit(1)
 
 
+@app.command("inspect")
+def inspect_(
+    dataset: str = typer.Option("scifact", "--dataset", "-d", help="Catalog name or a dataset folder."),
+    retriever: Optional[str] = typer.Option(None, "--retriever", "-r", help="First stage, as for `rankify run`."),
+    reranker: str = typer.Option(..., "--reranker", help="The reranker spec whose model inputs to show."),
+    query: Optional[str] = typer.Option(None, "--query", help="Query id (default: the first judged query)."),
+    depth: int = typer.Option(1000, "--depth", help="Candidates the first stage returns."),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Candidates the reranker reorders."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    backend: Optional[str] = typer.Option(None, "--backend"),
+    base_url: Optional[str] = typer.Option(None, "--base-url"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env"),
+    as_json: bool = typer.Option(False, "--json", help='{"inputs": [{"doc_ids", "text", "token_ids"}]}'),
+):
+    """Print exactly what the reranker's model receives for one query (texts, token ids, truncation), without running it."""
+    from . import inspect_inputs
+    from .datasets import cache_root, resolve
+    from .errors import ConfigError
+    from .pipeline import Pipeline, _fill_text, sort_candidates
+    from .types import Candidate, StageContext
+
+    ds = resolve(dataset, data_dir)
+    if retriever is None:
+        retriever = "bm25" if ds.has_corpus() or "bm25" not in ds.run_files() else "run:bm25"
+    pipe = Pipeline(retriever, [reranker], depth=depth, top_k=top_k,
+                    reranker_defaults=backend_defaults(backend, base_url, api_key_env))
+    judged = ds.qrels()
+    queries = [q for q in ds.queries() if q.id in judged] or ds.queries()
+    chosen = [q for q in queries if q.id == query] if query else queries[:1]
+    if not chosen:
+        raise ConfigError(f"no query '{query}' in dataset '{ds.name}'")
+    ctx = StageContext(cache_dir=str(cache_dir or cache_root()), dataset=ds.name)
+    run = pipe.retriever.retrieve(ds, chosen, depth, ctx)
+    rr = pipe.rerankers[0]
+    heads = {q: [Candidate(c.doc_id, c.score, c.text) for c in sort_candidates(c)[:top_k]] for q, c in run.items()}
+    _fill_text(ds, heads, rr.spec, titles=bool(getattr(rr, "wants_titles", False)))
+    doc = inspect_inputs.inspect_inputs(rr, chosen[0], heads.get(chosen[0].id, []), ds.name)
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return
+    print(f"query {doc['query']['id']}: {doc['query']['text']}")
+    for n, item in enumerate(doc["inputs"], 1):
+        head = ", ".join(f"{k}={item[k]}" for k in item if k not in ("doc_ids", "text", "token_ids", "messages"))
+        ids = item.get("token_ids")
+        print(f"--- input {n}: {len(item['doc_ids'])} document(s) {' '.join(item['doc_ids'][:20])}"
+              f"{' ...' if len(item['doc_ids']) > 20 else ''}{'; ' + head if head else ''}; "
+              f"{len(ids) if ids is not None else 'unknown'} tokens")
+        if item.get("messages") and item.get("text") is None:
+            for m in item["messages"]:
+                print(f"[{m['role']}] {m['content']}")
+        else:
+            print(item["text"])
+        if ids is not None:
+            print(f"token ids: {ids}")
+    if doc["stats"]:
+        print("truncation: " + ", ".join(f"{k}={v}" for k, v in sorted(doc["stats"].items())))
+
+
 cache_app = typer.Typer(help="Inspect or clear the cache (indexes, embeddings, runs, scores, LLM calls).",
                         no_args_is_help=True, rich_markup_mode=None, context_settings=CONTEXT)
 app.add_typer(cache_app, name="cache")

@@ -239,7 +239,8 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
             warnings.append(f"{outside} qrels entries name documents that are not in the corpus")
     stages: list[StageResult] = []
 
-    ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
+    ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress,
+                           dataset=ds.name)
     r = pipeline.retriever
     cached = RunCache(cache_dir, ds, r, queries, pipeline.depth)
     with progress(f"retrieve {short_name(r, pipeline.aliases)}", len(queries), unit="queries") as advance:
@@ -265,7 +266,8 @@ def execute(pipeline: Pipeline, ds: Dataset, measures: list[str], cache_dir: str
                  for qid, cands in run.items() if cands}
         _fill_text(ds, heads, rr.spec, titles=bool(getattr(rr, "wants_titles", False)))
         items = [(by_id[qid], heads[qid]) for qid in sorted(heads)]
-        ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress)
+        ctx = StageContext(cache_dir=cache_dir, store=store, stats=Counter(), log=log, track=progress,
+                           dataset=ds.name)
         pairs = getattr(rr, "progress_unit", "queries") == "pairs"
         total = sum(len(c) for _, c in items) if pairs else len(items)
         with progress(f"rerank {short_name(rr, pipeline.aliases)}", total, unit="pairs" if pairs else "queries") as advance:

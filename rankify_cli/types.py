@@ -96,6 +96,8 @@ class StageContext:
     log: Callable[[str], None] = lambda msg: None
     # `with ctx.track("index corpus", total) as advance:` shows a progress bar for side work
     track: Callable[[str, int], ContextManager[Callable[[int], None]]] = field(default=None)  # type: ignore[assignment]
+    # the dataset's catalog name (dl19, scifact, bright-biology, ...): templates with per-dataset prompts read it
+    dataset: str = ""
 
     def __post_init__(self):
         if self.track is None:

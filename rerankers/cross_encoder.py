@@ -1,7 +1,8 @@
 """Family `cross-encoder`: one forward pass per (query, document) pair, one relevance logit.
 
-The tokenizer builds the pair input; only the document is truncated (to max_length, 512 by
-default), so the query is always kept whole. A 1-logit head gives the score directly; a
+The tokenizer builds the pair input exactly as sentence-transformers' `CrossEncoder` does:
+each pair truncated `longest_first` to max_length (512 by default) on its own, so a pair's
+tokens never depend on its batch neighbours and a cached score equals a fresh one. A 1-logit head gives the score directly; a
 2-logit head (monoBERT style) gives logit[1] - logit[0]. The backend scores the rendered
 pairs (`pair_scores`): locally from the token ids, on a server (vLLM `/v1/score`, `/rerank`,
 TEI) from the texts with the server's copy of the same tokenizer.
@@ -28,28 +29,20 @@ class CrossEncoder(NeuralReranker):
         return load_once(self.load_key("tokenizer"), loader, self.model, self.family)
 
     def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None):
-        """Token ids (and token type ids) per pair, document side truncated."""
+        """Token ids (and token type ids) per pair, as sentence-transformers' CrossEncoder builds them:
+        each pair cut `longest_first` to max_length on its own (the rule behind the SBERT numbers)."""
         tok = self.tokenizer()
+        if not pairs:
+            return [], None
         queries = [q for q, _ in pairs]
         docs = [d for _, d in pairs]
-        enc = tok(queries, docs, truncation=False, add_special_tokens=True, verbose=False)
+        enc = tok(queries, docs, truncation="longest_first", max_length=self.max_length, verbose=False)
         ids, types = enc["input_ids"], enc.get("token_type_ids")
-        long = [i for i, s in enumerate(ids) if len(s) > self.max_length]
-        if long:
-            sub_q = [queries[i] for i in long]
-            sub_d = [docs[i] for i in long]
-            try:
-                cut = tok(sub_q, sub_d, truncation="only_second", max_length=self.max_length)
-            except Exception:  # the query alone is longer than max_length: cut both sides
-                cut = tok(sub_q, sub_d, truncation="longest_first", max_length=self.max_length)
-                if ctx is not None:
-                    ctx.stats["truncated_queries"] += len(long)
-            for j, i in enumerate(long):
-                ids[i] = cut["input_ids"][j]
-                if types is not None:
-                    types[i] = cut["token_type_ids"][j]
-            if ctx is not None:
-                ctx.stats["truncated_documents"] += len(long)
+        if ctx is not None:  # only a pair that fills max_length can have been cut
+            full = [i for i, s in enumerate(ids) if len(s) >= self.max_length]
+            if full:
+                whole = tok([queries[i] for i in full], [docs[i] for i in full], verbose=False)["input_ids"]
+                ctx.stats["truncated_pairs"] += sum(1 for s in whole if len(s) > self.max_length)
         return ids, types
 
     def render(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[Pair]:
@@ -60,10 +53,13 @@ class CrossEncoder(NeuralReranker):
         out = []
         for i, (q, d) in enumerate(pairs):
             t = types[i] if types is not None else None
-            if t is not None and len(ids[i]) == self.max_length and 1 in t:  # maybe cut: the kept document tokens
+            if t is not None and len(ids[i]) == self.max_length and 1 in t:  # maybe cut: the kept tokens
                 kept = tok.decode([x for x, k in zip(ids[i], t) if k == 1], skip_special_tokens=True)
                 if len(kept) < len(d.strip()):
                     d = kept
+                kept_q = tok.decode([x for x, k in zip(ids[i], t) if k == 0], skip_special_tokens=True)
+                if len(kept_q) < len(q.strip()):  # longest_first cut the query too
+                    q = kept_q
             out.append(Pair(q, d, ids[i], t))
         return out
 

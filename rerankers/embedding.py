@@ -215,8 +215,13 @@ class Embedding(NeuralReranker):
 
 
 class E2Rank(Embedding):
+    """prompts: "reference" (default) keeps the template's query for every dataset, as E2Rank's
+    eval.py does in its listwise runs; "dataset" uses the template's per-dataset query
+    (eval.py's EVAL_PROMPTS) for the dataset being run, the default one elsewhere.
+    max_length defaults to the model's own length (eval.py runs vLLM at the model's length)."""
+
     family = "e2rank"
-    default_max_length = 8192
+    default_max_length = 8192  # only until the model's own length is read
     default_pooling = "last"
 
     def __init__(self, model: str, task: str | None = None, top_k: int = 20, document_words: int = 1024,
@@ -225,7 +230,11 @@ class E2Rank(Embedding):
                  trust_remote_code: bool = False,
                  backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
-                 max_per_replica: int | None = None, template: str = "e2rank"):
+                 max_per_replica: int | None = None, template: str = "e2rank", prompts: str = "reference"):
+        if prompts not in ("reference", "dataset"):
+            raise ConfigError(f"prompts must be 'reference' or 'dataset' (got {prompts!r})")
+        self.prompts = prompts
+        self.dataset = ""
         self.template_name, self.t = read_template(str(template))
         if self.t.get("kind") != "embedding":
             raise ConfigError(f"template '{template}' is not an embedding (e2rank) template")
@@ -267,6 +276,7 @@ class E2Rank(Embedding):
         cfg = super().extra_config()
         cfg.update({"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
                     "task": self.task, "top_k": self.top_k, "document_words": self.document_words,
+                    "prompts": self.prompts, "query_template": self.query_template(),
                     "query_format": self.query_format if self.query_format == "chat"
                     else "raw pseudo-query (the model has no chat template)"})
         return cfg
@@ -274,12 +284,40 @@ class E2Rank(Embedding):
     def _cut_words(self, text: str, n: int) -> str:
         return " ".join(text.split()[:n])
 
+    def query_template(self) -> str:
+        """The pseudo-query's template: the dataset's own with prompts=dataset, else the default."""
+        if self.prompts == "dataset":
+            own = (self.t.get("dataset_queries") or {}).get(self.dataset)
+            if own:
+                return own
+        return self.t["query"]
+
+    def config(self) -> dict:
+        self._model_length()
+        return super().config()
+
+    def _model_length(self) -> None:
+        """No cap below the model's own length unless max_length is given."""
+        if self._max_length_opt is not None or getattr(self, "_length_read", False):
+            return
+        self._length_read = True
+        if self.model_format == "sentence-transformers":  # its max_seq_length is the model's length
+            return
+        try:
+            from transformers import AutoConfig
+
+            n = getattr(AutoConfig.from_pretrained(self.model, **self.hf_kwargs()), "max_position_embeddings", None)
+        except Exception:  # no readable config: keep the default; loading the model says what is wrong
+            n = None
+        if n:
+            self.max_length = int(n)
+
     def pseudo_query(self, query: Query, candidates: list[Candidate], words: int | None = None) -> str:
         words = self.document_words if words is None else words
         docs = [self._cut_words(c.text, words) for c in candidates[: self.top_k]]
         lines = "\n".join(self.t["document_line"].replace("{index}", str(i)).replace("{document}", d)
                           for i, d in enumerate(docs, start=1))
-        text = (self.t["query"].replace("{task}", self.task).replace("{query}", "\x00Q\x00")
+        text = (self.query_template().replace("{task}", self.task).replace("{query}", "\x00Q\x00")
                 .replace("{documents}", lines).replace("\x00Q\x00", query.text))
         if self.query_format == "chat":
             tok = self.tokenizer()
@@ -311,6 +349,8 @@ class E2Rank(Embedding):
         return self._cut_words(text, self.document_words) + self.document_suffix
 
     def rerank_all(self, items, ctx: StageContext):
+        self.dataset = ctx.dataset
+        self._model_length()
         self._shortened = 0
         out = super().rerank_all(items, ctx)
         if self._shortened:

@@ -300,6 +300,9 @@ class LLMRerankerBase:
                                     tokenizer=tokenizer, revision=revision, device=device, dtype=dtype,
                                     batch_size=batch_size, gguf_file=gguf_file, concurrency=concurrency,
                                     chat_template_kwargs=self.template.get("chat_template_kwargs"))
+        # rank_llm hands the rendered string to vLLM, which tokenizes it with special tokens (a
+        # Mistral/Zephyr <s>); templates that follow it say prompt_add_special_tokens
+        self.backend.add_special_tokens = bool(self.template.get("prompt_add_special_tokens", False))
         self.model = model
         self.concurrency = int(concurrency)
         if self.concurrency < 1:

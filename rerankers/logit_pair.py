@@ -5,11 +5,19 @@ The prompt and the scoring rule are data (rerankers/templates/NAME.json), not co
 - kind: "seq2seq" (one decoder step from the decoder start token) or "causal" (last position)
 - layout: how the prompt is assembled and what may be truncated (only ever the document side)
     "whole": prefix + query + document + suffix rendered as one string and tokenized at once
-             (monoT5); when too long, the document text is cut and the string re-rendered
+             (monoT5). truncation "tail" (default, pygaggle / AnswerDotAI rerankers, the
+             published monoT5 runs): the whole string is cut to max_length from its end, so a
+             long document loses the suffix; "document" (pyterrier-t5): only the document is
+             cut and the suffix kept
     "body":  prefix, body (= query + document segments) and suffix tokenized separately; only
-             the body is cut from its end (Qwen3-Reranker)
-    "split": prefix, query (capped at query_fraction of max_length), separator, document
-             (capped at document_fraction), suffix, each tokenized alone (mxbai-rerank-v2)
+             the body is cut from its end (Qwen3-Reranker README)
+    "cut":   prefix + body + body_end tokenized as one string, cut to max_length from its end,
+             then the suffix (Qwen3-Reranker evaluation code)
+    "split": prefix, query (capped at 3/4 of max_length), separator, document, suffix, each
+             tokenized alone (mxbai-rerank-v2). budget "mxbai" (mixedbread's package): the
+             document gets min(model length - query - static, max_length) tokens and query +
+             separator + document are cut to max_length; budget "fractions" (AnswerDotAI port):
+             query_fraction / document_fraction of max_length
 - prefix / suffix: a string, or a list of strings tokenized one by one
 - positive / negative + label_lookup ("token": a vocabulary entry; "text": the first token of
   the text) and score: "softmax" (P(positive)), "log_softmax", "difference" (logit gap)
@@ -45,7 +53,7 @@ class LogitPair(NeuralReranker):
                  revision: str | None = None, trust_remote_code: bool = False,
                  backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 120.0, max_retries: int = 6, served_model: str | None = None,
-                 max_per_replica: int | None = None):
+                 max_per_replica: int | None = None, truncation: str | None = None):
         if not template:
             raise ConfigError("logit-pair needs a template, e.g. --reranker 'logit-pair:MODEL?template=monot5' "
                               "(templates: monot5, qwen3-yesno, mxbai-v2, or a path to a .json file)")
@@ -53,8 +61,8 @@ class LogitPair(NeuralReranker):
         kind = self.t.get("kind")
         if kind not in ("seq2seq", "causal"):
             raise ConfigError(f"template '{template}' has kind {kind!r}; logit-pair needs 'seq2seq' or 'causal'")
-        if self.t.get("layout", "whole") not in ("whole", "body", "split"):
-            raise ConfigError(f"template '{template}': layout must be whole, body or split")
+        if self.t.get("layout", "whole") not in ("whole", "body", "cut", "split"):
+            raise ConfigError(f"template '{template}': layout must be whole, body, cut or split")
         if self.t.get("score") not in ("softmax", "log_softmax", "difference"):
             raise ConfigError(f"template '{template}': score must be softmax, log_softmax or difference")
         self.default_max_length = int(self.t.get("max_length", 512))
@@ -64,10 +72,17 @@ class LogitPair(NeuralReranker):
                          timeout=timeout, max_retries=max_retries, served_model=served_model,
                          max_per_replica=max_per_replica)
         self.instruction = str(instruction) if instruction is not None else self.t.get("instruction")
+        self.truncation = str(truncation or self.t.get("truncation", "tail"))
+        if self.truncation not in ("tail", "document"):
+            raise ConfigError(f"truncation must be 'tail' (cut the whole prompt's end, the reference) or 'document' "
+                              f"(cut only the document, keep the suffix); got {truncation!r}")
 
     def extra_config(self) -> dict:
-        return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
-                "instruction": self.instruction}
+        cfg = {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
+               "instruction": self.instruction}
+        if self.t.get("layout", "whole") == "whole":
+            cfg["truncation"] = self.truncation
+        return cfg
 
     # -- tokenizer and labels ------------------------------------------------------------
     def tokenizer(self):
@@ -121,8 +136,9 @@ class LogitPair(NeuralReranker):
     def prompt_text(self, query: str, document: str) -> str:
         """The full prompt before any truncation (what the tokenizer sees when nothing is cut)."""
         sep = self.t.get("separator", "") if self.t.get("layout") == "split" else ""
+        end = "".join(self._parts("body_end")) if self.t.get("layout") == "cut" else ""
         return ("".join(self._parts("prefix")) + self._query_segment(query) + sep + self._doc_segment(document)
-                + "".join(self._parts("suffix")))
+                + end + "".join(self._parts("suffix")))
 
     def _ids(self, tok, text: str) -> list[int]:
         return tok(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
@@ -149,13 +165,27 @@ class LogitPair(NeuralReranker):
                         stats["truncated_documents"] += 1
                 out.append(prefix + body + suffix)
             return out
+        if layout == "cut":  # the chat-templated prefix and body as one string, cut, then the suffix
+            end = "".join(self._parts("body_end"))
+            head = "".join(self._parts("prefix"))
+            rows = tok([head + self._query_segment(q) + self._doc_segment(d) + end for q, d in pairs],
+                       add_special_tokens=False, verbose=False)["input_ids"]
+            for row in rows:
+                if len(row) > self.max_length:
+                    row = row[: self.max_length]
+                    if stats is not None:
+                        stats["truncated_documents"] += 1
+                out.append(row + suffix)
+            return out
         # split
         sep = self._ids(tok, self.t.get("separator", ""))
         static = len(prefix) + len(suffix) + len(sep)
-        q_cap = int(self.max_length * float(self.t.get("query_fraction", 0.75)))
-        d_frac = float(self.t.get("document_fraction", 0.25))
         qs = tok([self._query_segment(q) for q, _ in pairs], add_special_tokens=False, verbose=False)["input_ids"]
         ds = tok([self._doc_segment(d) for _, d in pairs], add_special_tokens=False, verbose=False)["input_ids"]
+        if self.t.get("budget", "fractions") == "mxbai":
+            return self._split_mxbai(prefix, sep, suffix, qs, ds, stats)
+        q_cap = int(self.max_length * float(self.t.get("query_fraction", 0.75)))
+        d_frac = float(self.t.get("document_fraction", 0.25))
         for q_ids, d_ids in zip(qs, ds):
             if len(q_ids) > q_cap:
                 q_ids = q_ids[:q_cap]
@@ -169,9 +199,50 @@ class LogitPair(NeuralReranker):
             out.append(prefix + q_ids + sep + d_ids + suffix)
         return out
 
+    def model_length(self) -> int:
+        """The model's own context length (max_position_embeddings of its config)."""
+        if getattr(self, "_model_len", None) is None:
+            try:
+                from transformers import AutoConfig
+
+                n = getattr(AutoConfig.from_pretrained(self.model, **self.hf_kwargs()), "max_position_embeddings", None)
+            except Exception:  # a served model without a local config: max_length bounds it alone
+                n = None
+            self._model_len = int(n) if n else 10**9
+        return min(self._model_len, 10**9)
+
+    def _split_mxbai(self, prefix, sep, suffix, qs, ds, stats) -> list[list[int]]:
+        """mixedbread's budget (mxbai_rerank_v2.py prepare_inputs): max_length bounds query +
+        separator + document; the static prompt comes on top, within the model's length."""
+        static = len(prefix) + len(suffix)  # the suffix starts with the separator after the document
+        model_max = self.model_length()
+        max_len = min(self.max_length, model_max - static)
+        out = []
+        for q_ids, d_ids in zip(qs, ds):
+            if len(q_ids) > max_len * 3 // 4:
+                q_ids = q_ids[: max_len * 3 // 4]
+                if stats is not None:
+                    stats["truncated_queries"] += 1
+            d_cap = min(model_max - len(q_ids) - static, max_len)
+            body = sep + d_ids[: max(0, d_cap)]
+            body = body[: max(0, max_len - len(q_ids))]  # prepare_for_model(only_second, max_length)
+            if len(body) < len(sep) + len(d_ids) and stats is not None:
+                stats["truncated_documents"] += 1
+            out.append(prefix + q_ids + body + suffix)
+        return out
+
     def _encode_whole(self, tok, pairs, stats) -> list[list[int]]:
         special = bool(self.t.get("add_special_tokens", True))
         texts = [self.prompt_text(q, d) for q, d in pairs]
+        if self.truncation == "tail":  # the whole string cut from its end (special tokens kept)
+            out = tok(texts, add_special_tokens=special, truncation=True, max_length=self.max_length,
+                      verbose=False)["input_ids"]
+            if stats is not None:
+                full = [i for i, ids in enumerate(out) if len(ids) >= self.max_length]
+                if full:
+                    whole = tok([texts[i] for i in full], add_special_tokens=special, verbose=False)["input_ids"]
+                    stats["truncated_documents"] += sum(1 for ids in whole if len(ids) > self.max_length)
+            return out
         out = tok(texts, add_special_tokens=special, verbose=False)["input_ids"]
         for i, ids in enumerate(out):
             if len(ids) <= self.max_length:

@@ -9,23 +9,35 @@ the family's constructor options; a user's spec options override them
 from __future__ import annotations
 
 PRESETS: dict[str, tuple[str, str, dict]] = {
-    # cross-encoders (one relevance logit)
+    # cross-encoders (one relevance logit; pairs truncated longest_first to 512 as CrossEncoder does)
+    "tinybert-l2": ("cross-encoder", "cross-encoder/ms-marco-TinyBERT-L-2-v2", {}),
     "minilm-l6": ("cross-encoder", "cross-encoder/ms-marco-MiniLM-L-6-v2", {}),
     "minilm-l12": ("cross-encoder", "cross-encoder/ms-marco-MiniLM-L-12-v2", {}),
+    "bge-reranker-base": ("cross-encoder", "BAAI/bge-reranker-base", {}),
+    "bge-reranker-large": ("cross-encoder", "BAAI/bge-reranker-large", {}),
     "bge-reranker-v2-m3": ("cross-encoder", "BAAI/bge-reranker-v2-m3", {}),
-    # seq2seq true/false
+    # seq2seq true/false (the whole input cut to 512 from its end, as pygaggle did)
     "monot5-base": ("logit-pair", "castorini/monot5-base-msmarco", {"template": "monot5"}),
+    "monot5-large": ("logit-pair", "castorini/monot5-large-msmarco", {"template": "monot5"}),
     "monot5-3b": ("logit-pair", "castorini/monot5-3b-msmarco-10k", {"template": "monot5"}),
     # seq2seq pairwise (run after monoT5: --reranker monot5-base --reranker duot5-base)
     "duot5-base": ("duot5", "castorini/duot5-base-msmarco", {}),
-    # causal yes/no and 1/0
+    # causal yes/no (Qwen3-Reranker README format; the -eval presets use Qwen's evaluation-code format)
     "qwen3-reranker-0.6b": ("logit-pair", "Qwen/Qwen3-Reranker-0.6B", {"template": "qwen3-yesno"}),
     "qwen3-reranker-4b": ("logit-pair", "Qwen/Qwen3-Reranker-4B", {"template": "qwen3-yesno", "batch_size": 8}),
     "qwen3-reranker-8b": ("logit-pair", "Qwen/Qwen3-Reranker-8B", {"template": "qwen3-yesno", "batch_size": 4}),
+    "qwen3-reranker-0.6b-eval": ("logit-pair", "Qwen/Qwen3-Reranker-0.6B", {"template": "qwen3-yesno-eval"}),
+    "qwen3-reranker-4b-eval": ("logit-pair", "Qwen/Qwen3-Reranker-4B", {"template": "qwen3-yesno-eval", "batch_size": 8}),
+    "qwen3-reranker-8b-eval": ("logit-pair", "Qwen/Qwen3-Reranker-8B", {"template": "qwen3-yesno-eval", "batch_size": 4}),
+    "memreranker-0.6b": ("logit-pair", "IAAR-Shanghai/MemReranker-0.6B", {"template": "qwen3-yesno"}),
+    "memreranker-4b": ("logit-pair", "IAAR-Shanghai/MemReranker-4B", {"template": "qwen3-yesno", "batch_size": 8}),
+    # logit gap 1/0 (mixedbread's own budget rule)
     "mxbai-rerank-base-v2": ("logit-pair", "mixedbread-ai/mxbai-rerank-base-v2", {"template": "mxbai-v2"}),
     "mxbai-rerank-large-v2": ("logit-pair", "mixedbread-ai/mxbai-rerank-large-v2", {"template": "mxbai-v2", "batch_size": 8}),
     # generative 0-10 score
     "erank-4b": ("generative", "Alibaba-NLP/ERank-4B", {"template": "erank"}),
+    "erank-14b": ("generative", "Alibaba-NLP/ERank-14B", {"template": "erank"}),
+    "erank-32b": ("generative", "Alibaba-NLP/ERank-32B", {"template": "erank"}),
     # listwise pseudo-query embedding
     "e2rank-0.6b": ("e2rank", "Alibaba-NLP/E2Rank-0.6B", {}),
     "e2rank-4b": ("e2rank", "Alibaba-NLP/E2Rank-4B", {}),
@@ -44,6 +56,28 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "voyage-rerank-2.5": ("rerank-api", "rerank-2.5", {"provider": "voyage"}),
     "voyage-rerank-2.5-lite": ("rerank-api", "rerank-2.5-lite", {"provider": "voyage"}),
     "mixedbread-rerank-large-v2": ("rerank-api", "mixedbread-ai/mxbai-rerank-large-v2", {"provider": "mixedbread"}),
+    # LLM listwise / groupwise (hf backend by default; --backend openai for a served model)
+    "rankzephyr": ("listwise", "castorini/rank_zephyr_7b_v1_full", {"template": "listwise-rankzephyr"}),
+    "diver-grouprank-7b": ("groupwise", "AQ-MedAI/Diver-GroupRank-7B", {"template": "groupwise-grouprank"}),
+    "diver-grouprank-32b": ("groupwise", "AQ-MedAI/Diver-GroupRank-32B", {"template": "groupwise-grouprank"}),
+}
+
+# The published number each preset should reach, with the reference settings behind it
+# (BM25 top-100 unless said otherwise). Shown by the README's preset table and benchmarks/*.toml.
+PUBLISHED: dict[str, str] = {
+    "tinybert-l2": "DL19 nDCG@10 69.84 (SBERT docs)",
+    "minilm-l6": "DL19 nDCG@10 74.30 (SBERT docs)",
+    "minilm-l12": "DL19 nDCG@10 74.31 (SBERT docs)",
+    "monot5-3b": "DL19 0.7173, DL20 0.6887 (BM25 top-100, 512 tokens)",
+    "mxbai-rerank-base-v2": "BEIR avg 55.57 (model card)",
+    "mxbai-rerank-large-v2": "BEIR avg 57.49 (model card)",
+    "erank-4b": "BRIGHT 22.7, BEIR 44.8 (BM25 top-100; arXiv 2509.00520)",
+    "erank-14b": "BRIGHT 23.1, BEIR 47.1 (BM25 top-100; arXiv 2509.00520)",
+    "erank-32b": "BRIGHT 24.4, BEIR 47.7 (BM25 top-100; arXiv 2509.00520)",
+    "e2rank-0.6b": "DL19 70.84, DL20 70.15, BEIR-8 52.09 (BM25 top-100, K=20)",
+    "e2rank-4b": "DL19 70.44, DL20 70.64, BEIR-8 54.14 (BM25 top-100, K=20)",
+    "e2rank-8b": "DL19 72.95, DL20 71.16, BEIR-8 54.35 (BM25 top-100, K=20)",
+    "rankzephyr": "DL19 0.7365, DL20 0.7080 (BM25 top-100, window 20 stride 10, 300 words)",
 }
 
 FAMILIES: dict[str, str] = {

@@ -257,7 +257,7 @@ def test_cross_encoder_scores_equal_manual_forward(tmp_path, items, bert_cross_e
     assert cfg["max_length"] == 512 and cfg["trust_remote_code"] is False
 
 
-def test_cross_encoder_truncates_only_the_document(bert_cross_encoders):
+def test_cross_encoder_keeps_a_short_query_whole(bert_cross_encoders):
     from rankify_cli import registry
     from rankify_cli.types import StageContext
 
@@ -271,7 +271,7 @@ def test_cross_encoder_truncates_only_the_document(bert_cross_encoders):
     q_ids = tok(query, add_special_tokens=False)["input_ids"]
     assert len(ids[0]) == 24 and ids[0][1 : 1 + len(q_ids)] == q_ids  # [CLS] query kept whole
     assert ids[0][-1] == tok.sep_token_id
-    assert ctx.stats["truncated_documents"] == 1
+    assert ctx.stats["truncated_pairs"] == 1
 
 
 # --------------------------------------------------------------------------------------
@@ -300,14 +300,18 @@ def test_monot5_template_score_and_truncation(tmp_path, items, tiny_t5, forward_
                                decoder_input_ids=torch.tensor([[model.config.decoder_start_token_id]])).logits[0, 0]
             want = float(torch.log_softmax(logits[[t_id, f_id]], dim=-1)[0])
             assert close(scores[qid][doc_id], want), (scores[qid][doc_id], want)
-    # truncation cuts the document, never "Relevant:" or the end-of-sequence token
+    # truncation cuts the whole string's tail (pygaggle, rerankers), keeping </s>; truncation=document
+    # cuts only the document and keeps "Relevant:" (pyterrier-t5)
     ctx = StageContext()
     q, docs = next(iter(items.values()))
     short = registry.build("reranker", f"logit-pair:{tiny_t5}?template=monot5&max_length=20")
     ids = short.encode([(q, docs[0][1])], ctx)[0]
-    assert len(ids) <= 20 and ctx.stats["truncated_documents"] == 1
+    assert ids == tok(f"Query: {q} Document: {docs[0][1]} Relevant:", truncation=True, max_length=20)["input_ids"]
+    assert len(ids) == 20 and ids[-1] == tok.eos_token_id and ctx.stats["truncated_documents"] == 1
+    keep = registry.build("reranker", f"logit-pair:{tiny_t5}?template=monot5&max_length=20&truncation=document")
+    ids = keep.encode([(q, docs[0][1])], ctx)[0]
     text = tok.decode(ids, skip_special_tokens=False)
-    assert ids[-1] == tok.eos_token_id and text.startswith(f"Query: {q} Document:")
+    assert len(ids) <= 20 and ids[-1] == tok.eos_token_id and text.startswith(f"Query: {q} Document:")
     assert text[: -len("</s>")].rstrip().endswith("Relevant:")
 
 
@@ -383,10 +387,11 @@ def test_mxbai_v2_split_budget_and_logit_difference(tiny_qwen, items):
     t = json.loads((Path(__file__).resolve().parents[1] / "rerankers" / "templates" / "mxbai-v2.json").read_text())
     pre = tok(t["prefix"], add_special_tokens=False)["input_ids"]
     suf = [i for s in t["suffix"] for i in tok(s, add_special_tokens=False)["input_ids"]]
-    d_ids = tok("document: " + texts[0], add_special_tokens=False)["input_ids"][: 400 // 4]
+    d_ids = tok("document: " + texts[0], add_special_tokens=False)["input_ids"]
     q_ids = tok("query: " + q, add_special_tokens=False)["input_ids"]
     nl = tok("\n", add_special_tokens=False)["input_ids"]
-    assert ids[0] == pre + q_ids + nl + d_ids + suf
+    # mixedbread's rule: query + separator + document cut to max_length (the static prompt on top)
+    assert ids[0] == pre + q_ids + (nl + d_ids)[: 400 - len(q_ids)] + suf
     assert ctx.stats["truncated_documents"] == 1
     assert rr.prompt_text(q, "D").endswith("document: D\n" + t["suffix"][1] + "<|im_end|>\n<|im_start|>assistant\n")
     out = rr.rerank_all([(Query("q1", q), [Candidate(str(i), 0.0, x) for i, x in enumerate(texts)])], StageContext())

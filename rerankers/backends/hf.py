@@ -294,7 +294,8 @@ class HF(Backend):
 
         tok, model, device = self.load()
         prompts = [self.render(r.messages) for r in requests]
-        encoded = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+        special = bool(getattr(self, "add_special_tokens", False))  # set by the template (llm.py)
+        encoded = [tok(p, add_special_tokens=special).input_ids for p in prompts]
         order = sorted(range(len(requests)), key=lambda i: (-len(encoded[i]), requests[i].max_new_tokens))
         out: list[ChatResponse | None] = [None] * len(requests)
         pad = tok.pad_token_id

@@ -134,7 +134,8 @@ class VLLM(Backend):
         for r in requests:
             text = tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True,
                                            **self.chat_template_kwargs)
-            prompts.append(TokensPrompt(prompt_token_ids=tok(text, add_special_tokens=False).input_ids))
+            special = bool(getattr(self, "add_special_tokens", False))  # set by the template (llm.py)
+            prompts.append(TokensPrompt(prompt_token_ids=tok(text, add_special_tokens=special).input_ids))
             params.append(SamplingParams(temperature=0.0, max_tokens=int(r.max_new_tokens),
                                          min_tokens=int(r.min_new_tokens or 0), seed=r.seed))
         t0 = time.perf_counter()
