@@ -71,7 +71,6 @@ def _llm(rr, query: Query, cands: list[Candidate], ctx: StageContext) -> list[di
             win = cands[start:end]
             msgs, cut = rr.window_messages(qtext, [rr._words(c.body, c.title) for c in win])
             windows.append(([c.doc_id for c in win], msgs, {"window": [start, end], "context_cut": cut}))
-        windows.reverse()  # the sliding window starts from the back: the first call first
     elif family == "setwise":
         qtext = rr.backend.truncate(query.text, rr.query_max_tokens)
         first = cands[: rr.set_size]
