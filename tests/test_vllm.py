@@ -93,7 +93,7 @@ def vllm(tmp_path_factory):
     models = {"minilm": (minilm(), ("--runner", "pooling", "--dtype", "float32")),
               "bert": (build_bert_classifier(root / "bert"), ("--runner", "pooling", "--dtype", "float32")),
               "qwen": (build_qwen(root / "qwen"), ("--dtype", "float32", "--max-model-len", "4096")),
-              "smollm2": (convert_smollm2(root / "smollm2"), ("--max-model-len", "4096"))}
+              "smollm2": (convert_smollm2(root / "smollm2"), ("--dtype", "float32", "--max-model-len", "4096"))}
     servers = {}
     try:
         for name, (path, args) in models.items():
