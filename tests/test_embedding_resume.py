@@ -174,3 +174,26 @@ def test_ctrl_c_says_what_was_kept(minilm, tmp_path):
     assert proc.returncode == 130, err
     m = re.fullmatch(r"interrupted: (\d+) finished scores/calls are kept in the cache; the same command resumes\n", err)
     assert m and int(m.group(1)) == len(_stored(cache)) > 0, err
+
+
+@pytest.mark.slow
+def test_a_bi_encoder_loaded_as_a_cross_encoder_is_an_error(minilm, tmp_path):
+    env = {**os.environ, "RANKIFY_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([*console_script(), "run", "-d", "dl19", "-r", "run:bm25", "--reranker", f"cross-encoder:{minilm}",
+                        "--queries", "2", "-q", "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has no trained scoring head (missing weights: classifier.bias, classifier.weight)" in lines[0]
+    assert not (tmp_path / "out" / "leaderboard.csv").exists()  # no score from a random head
+
+
+def test_rankify_offline_puts_the_hub_offline_and_keeps_the_preset(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(RANKIFY_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf"), RANKIFY_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([*console_script(), "run", "-d", "dl19", "-r", "run:bm25", "--reranker", "minilm-l6", "-q",
+                        "-o", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr  # no hub retries, no warnings: one line
+    assert "pass a local folder: --reranker minilm-l6:/path/to/model" in lines[0], lines[0]
