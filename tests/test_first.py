@@ -148,14 +148,14 @@ def test_cli_oracle_and_garbage_over_prompt_logprobs(mode, tiny_qwen, cli, tmp_p
 
 
 def test_hf_backend_one_forward_per_window(tiny_qwen, cli, tmp_path):
-    args = ("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "30",
-            "--reranker", f"first:{tiny_qwen}?context_size=0&doc_max_words=40")
+    args = ("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "20",
+            "--reranker", f"first:{tiny_qwen}?context_size=0&doc_max_words=30")
     env = {"RANKIFY_CACHE_DIR": str(tmp_path / "c")}
     res = cli(*args, env=env)
     assert res.code == 0, res
     doc = res.json()
     stats = json.loads((Path(doc["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"]
-    assert stats["first_windows"] == 43 * 2 == stats["first_forward_calls"]  # 30 candidates: windows 10-30, 0-20
+    assert stats["first_windows"] == 43 == stats["first_forward_calls"]  # 20 candidates: one window
     again = cli(*args, env=env)
     stats = json.loads((Path(again.json()["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"]
     assert not stats.get("first_forward_calls") and again.json()["metrics"] == doc["metrics"]
