@@ -787,6 +787,13 @@ def offline_environment() -> None:
             os.environ.setdefault(name, "1")
 
 
+def _interrupted() -> None:
+    kept = sys.modules["rankify_cli.cache"].WRITTEN["entries"] if "rankify_cli.cache" in sys.modules else 0
+    print(f"interrupted: {kept} finished scores/calls are kept in the cache; the same command resumes"
+          if kept else "interrupted: nothing was finished yet", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     from .errors import RankifyError
 
@@ -794,16 +801,15 @@ def main() -> None:
     argv = _join_multi_values(sys.argv[1:])
     try:
         code = app(args=argv, prog_name="rankify", standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130), which comes back as a return value
+            _interrupted()
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             sys.exit(code)
     except RankifyError as e:
         print(f"error: {e.render()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        kept = sys.modules["rankify_cli.cache"].WRITTEN["entries"] if "rankify_cli.cache" in sys.modules else 0
-        print(f"interrupted: {kept} finished scores/calls are kept in the cache; the same command resumes"
-              if kept else "interrupted: nothing was finished yet", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except SystemExit:
         raise
     except Exception as e:
@@ -811,6 +817,8 @@ def main() -> None:
             print(e.format_message())
             sys.exit(0)
         if isinstance(e, _click_classes("Exit")):
+            if isinstance(e.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+                _interrupted()
             sys.exit(e.exit_code)
         if isinstance(e, _click_classes("ClickException")):
             e.show()  # the usage line, a hint and the message, as click prints them

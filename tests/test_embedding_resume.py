@@ -153,7 +153,8 @@ def test_cost_columns_survive_a_rerun_from_the_cache(minilm, tmp_path):
     assert float(second["rerank_s"]) == pytest.approx(float(first["rerank_s"]), rel=0.10), (first, second)
     assert float(second["wall_s"]) < float(first["wall_s"])
     assert second["model_calls"] == first["model_calls"] and int(first["model_calls"]) >= 1 + math.ceil(250 / 32)
-    assert float(second["docs_per_s"]) == pytest.approx(float(first["docs_per_s"]), rel=0.10)
+    for row in rows:  # documents per second of compute, not of this execution's wall time
+        assert float(row["docs_per_s"]) == pytest.approx(300 / float(row["rerank_s"]), rel=0.02), row
 
 
 @pytest.mark.slow
