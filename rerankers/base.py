@@ -268,13 +268,13 @@ class NeuralReranker(Reranker):
     def backend(self) -> Backend:
         """The backend that runs the model (made on first use: a cached rerun loads nothing)."""
         if self._backend is None:
+            family_opts = self.backend_options()  # first: it may settle max_length (a sentence-transformers folder)
             opts = dict(self._remote) if self.backend_kind != "hf" else {}
             if self.backend_kind != "openai":
                 opts.update(device=self.device if self.backend_kind == "hf" else self._device_opt, dtype=self.dtype,
                             revision=self.revision, trust_remote_code=self.trust_remote_code,
                             max_length=self.max_length)
-            self._backend = make_backend(self.backend_kind, self.model, family=self.family, **opts,
-                                         **self.backend_options())
+            self._backend = make_backend(self.backend_kind, self.model, family=self.family, **opts, **family_opts)
         return self._backend
 
     def backend_options(self) -> dict:

@@ -31,6 +31,9 @@ _LOCK = threading.Lock()
 
 
 def _vllm():
+    # vLLM logs to stdout by default: that would corrupt `rankify run --json`; warnings only, on stderr
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm  # noqa: F401
         from vllm import SamplingParams
