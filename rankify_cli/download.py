@@ -147,6 +147,8 @@ def _exclusive(part: Path, dest: Path):
         if dest.is_file():
             yield False
             return
+        # (the folder again: another process may have just moved a finished staging folder away)
+        part.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -217,7 +219,8 @@ def fetch_set(files: dict[str, Download], target: Path, offline_hint: str) -> Pa
     staging = target.parent / f".incoming-{target.name}"
     try:
         for d in files.values():
-            fetch(d, staging / d.name, offline_hint)
+            if not (target / d.name).is_file():  # another process may have finished the set meanwhile
+                fetch(d, staging / d.name, offline_hint)
     except DownloadError as e:
         if not e.partial_kept:  # nothing unverified stays; a network failure keeps its bytes to resume
             shutil.rmtree(staging, ignore_errors=True)
@@ -234,7 +237,7 @@ def _move_into(staging: Path, target: Path) -> None:
         except OSError:
             pass  # another process created it first: add ours file by file
     target.mkdir(parents=True, exist_ok=True)
-    for p in staging.iterdir():
+    for p in (staging.iterdir() if staging.is_dir() else ()):
         if p.is_file() and not p.name.startswith("."):
             os.replace(p, target / p.name)
     shutil.rmtree(staging, ignore_errors=True)
