@@ -147,7 +147,8 @@ def test_timeout_minus_one_and_negative_retries_are_one_line(tmp_path):
     for knobs, expected in [("timeout=-1", "timeout must be a finite number > 0 (got -1)"),
                             ("timeout=nan", "timeout must be a finite number > 0"),
                             ("max_retries=-1", "max_retries must be a finite number >= 0 (got -1)"),
-                            ("max_retries=1.5", "max_retries must be a whole number")]:
+                            # (the spec's type check, which names the option's type and default, answers first)
+                            ("max_retries=1.5", "option max_retries of reranker 'listwise' expects an integer")]:
         proc = listwise_run("http://127.0.0.1:9/v1", tmp_path, tmp_path / "cache", knobs=knobs)
         line = one_error_line(proc)
         assert expected in line, line
