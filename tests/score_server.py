@@ -54,6 +54,7 @@ class ScoreServer:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                counted = True
                 with state._lock:
                     state.requests += 1
                     state._in_flight += 1
@@ -70,6 +71,11 @@ class ScoreServer:
                             for i, (q, d) in enumerate(zip(req["text_1"], req["text_2"]))]
                     out = json.dumps({"object": "list", "model": req.get("model"), "data": data,
                                       "usage": {"prompt_tokens": 0}}).encode()
+                    # out of flight before the answer leaves: once the client has read it, it may send the
+                    # next request before this thread runs again (counted after, a bound of 2 read as 3)
+                    with state._lock:
+                        state._in_flight -= 1
+                        counted = False
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(out)))
@@ -78,8 +84,9 @@ class ScoreServer:
                     with state._lock:
                         state.answered[hashlib.sha256(body).hexdigest()] += 1
                 finally:
-                    with state._lock:
-                        state._in_flight -= 1
+                    if counted:
+                        with state._lock:
+                            state._in_flight -= 1
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
