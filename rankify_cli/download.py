@@ -213,9 +213,41 @@ def _verify(d: Download, part: Path, offline_hint: str) -> None:
         raise DownloadError(f"checksum mismatch: {d.url}: {problem} (the download was deleted); {offline_hint}")
 
 
+@contextmanager
+def _one_set_at_a_time(target: Path):
+    """One process at a time fills a set's folder; the others wait, then find it complete. (Without
+    it, with three processes, one moving or removing the staging folder pulled files from another.)
+    The lock file goes away with the last holder: whoever locked a file since unlinked locks again."""
+    import fcntl
+
+    lock = target.parent / f".{target.name}.lock"
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                try:
+                    yield
+                finally:
+                    lock.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(fd)
+
+
 def fetch_set(files: dict[str, Download], target: Path, offline_hint: str) -> Path:
     """Several files that only make sense together (a dataset's queries and qrels): they are
     fetched into a staging folder and appear in `target` together or not at all."""
+    with _one_set_at_a_time(target):
+        return _fetch_set(files, target, offline_hint)
+
+
+def _fetch_set(files: dict[str, Download], target: Path, offline_hint: str) -> Path:
     staging = target.parent / f".incoming-{target.name}"
     try:
         for d in files.values():
@@ -243,8 +275,18 @@ def _move_into(staging: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+BEIR_FILES = ("corpus.jsonl.gz", "queries.jsonl", "qrels/test.tsv")
+
+
 def fetch_beir(entry: Entry, target: Path, offline_hint: str) -> Path:
     """A BEIR zip, verified, unpacked to corpus.jsonl.gz, queries.jsonl and qrels/test.tsv."""
+    with _one_set_at_a_time(target):
+        if all((target / f).is_file() for f in BEIR_FILES):  # another process finished it meanwhile
+            return target
+        return _fetch_beir(entry, target, offline_hint)
+
+
+def _fetch_beir(entry: Entry, target: Path, offline_hint: str) -> Path:
     staging = target.parent / f".incoming-{target.name}"
     try:
         zpath = fetch(entry.archive, staging / entry.archive.name, offline_hint)

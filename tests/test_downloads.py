@@ -168,7 +168,7 @@ def test_datasets_command_online_and_offline(online):
     assert server.requests == []
 
 
-def test_two_processes_downloading_at_once_share_one_verified_copy(online, tmp_path):
+def test_three_processes_downloading_at_once_share_one_verified_copy(online, tmp_path):
     import subprocess
     import sys
 
@@ -177,7 +177,7 @@ def test_two_processes_downloading_at_once_share_one_verified_copy(online, tmp_p
     server.cut_after["retrieve_results_dl19_top100.jsonl"] = 700_000  # slow enough to overlap: resumes
     procs = [subprocess.Popen([sys.executable, "-m", "rankify_cli.cli", "run", "-d", "dl19", "-o", str(tmp_path / f"o{i}"),
                                "--json", "-q"], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+                              text=True) for i in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
