@@ -13,6 +13,10 @@ The top `k` (default 10) then the rest in first-stage order, scores -rank, as th
 Comparisons are counted per query (stats `pairwise_per_query`): the reference's
 `total_compare` (allpair: the number of pairs, one two-prompt batch each).
 
+T5 models (template pairwise-prp-t5, the reference's t5 path): the prompt as plain text, the
+decoder started with '<pad> Passage', two greedy tokens, exactly 'Passage A' / 'Passage B'
+(backend=hf; allpair's comparisons are the reference's two-prompt batches, one per pair).
+
 Scoring: `scoring=generation` (default) parses the chat answer; `scoring=logprobs` renders the
 prompt as the reference's local path does (template pairwise-prp-local: chat template with the
 generation prompt, then " Passage:") and takes the letter whose token has the higher next-token
@@ -32,14 +36,16 @@ from typing import Sequence
 from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
 
 from .backends.base import ChatResponse
-from .llm import COMMON_DOC, LLMRerankerBase, Plan, drive
+from .llm import COMMON_DOC, LLMRerankerBase, Plan, drive, load_template
 
 METHODS = ("allpair", "heapsort", "sliding")
 
 
-def parse_letter(text: str, pattern: str, letters: Sequence[str]) -> str | None:
+def parse_letter(text: str, pattern: str, letters: Sequence[str], exact: dict | None = None) -> str | None:
     """The letter an answer names (the reference's rule: the first `Passage X`, else a bare
-    letter), or None when it names neither."""
+    letter; a template with `exact` answers: only those whole strings), or None when it names neither."""
+    if exact:
+        return exact.get(text)
     found = re.findall(pattern, text[-4096:], re.MULTILINE)
     if found:
         return found[0][-1]
@@ -67,6 +73,9 @@ class Pairwise(LLMRerankerBase, Reranker):
         if scoring not in ("generation", "logprobs"):
             raise ValueError(f"scoring must be generation or logprobs (got '{scoring}')")
         self.method, self.k, self.scoring = method, int(k), scoring
+        if scoring == "logprobs" and template is not None and load_template(template, "pairwise")[1].get("model_kind") == "seq2seq":
+            raise ValueError("scoring=logprobs reads a causal model's next token; the seq2seq template "
+                             f"'{template}' generates (scoring=generation)")
         if scoring == "logprobs" and template is None:
             template = "pairwise-prp-local"
         self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
@@ -103,17 +112,42 @@ class Pairwise(LLMRerankerBase, Reranker):
                 ctx.store.put_many("pairwise-logprobs", {key: list(hit)})
         return "Passage A" if hit[0] >= hit[1] else "Passage B"
 
+    def seq2seq_answers(self, ctx: StageContext, reqs) -> list[ChatResponse]:
+        """The reference's T5 path: each prompt tokenized as it is (the tokenizer's </s> added),
+        the decoder started with the template's prefix, greedy tokens, and the decoder's whole
+        output (prefix included) decoded without special tokens; cached per prompt."""
+        tok = self.backend.chat_tokenizer()
+        prefix = tok.encode(self.template["decoder_prefix"], add_special_tokens=False)
+        prompts = [tok(r.messages[-1]["content"])["input_ids"] for r in reqs]
+        keys = [fingerprint({"v": 1, **self.backend.cache_identity(), "ids": p, "prefix": prefix,
+                             "max_new_tokens": self.max_new_tokens}) for p in prompts]
+        store = ctx.store if self.use_cache else None
+        got = dict(store.get_many("pairwise-seq2seq", sorted(set(keys)))) if store is not None else {}
+        todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in got}.values())
+        size = max(1, int(getattr(self.backend, "batch_size", 2)))
+        for s in range(0, len(todo), size):
+            batch = todo[s:s + size]
+            outs = self.backend.generate_ids([prompts[i] for i in batch], max_new_tokens=self.max_new_tokens,
+                                             pad_id=tok.pad_token_id or 0, kind="seq2seq", decoder_prefix=prefix)
+            ctx.stats["pairwise_forward_calls"] += 1
+            done = {keys[i]: tok.decode(prefix + ids, skip_special_tokens=True) for i, (ids, _) in zip(batch, outs)}
+            got.update(done)
+            if store is not None:
+                store.put_many("pairwise-seq2seq", done)
+        return [ChatResponse(got[k]) for k in keys]
+
     # -- one query -------------------------------------------------------------------------
     def _plan(self, caller, stats: dict, query: Query, cands: list[Candidate], ctx: StageContext) -> Plan:
         n = len(cands)
         texts = [self.backend.truncate(c.text, self.doc_max_tokens) for c in cands]
         parser = self.template.get("parser") or {}
         pattern, letters = parser.get("pattern", "(Passage [A-B])"), parser.get("letters", ["A", "B"])
+        exact = parser.get("exact")
         mine = stats.setdefault(query.id, {"comparisons": 0, "fallbacks": 0})
 
         def outcome(i: int, j: int, r0: str, r1: str) -> str:
             """'first' (i wins), 'second' (j wins) or 'conflict', from the answers to (i, j), (j, i)."""
-            a, b = parse_letter(r0, pattern, letters), parse_letter(r1, pattern, letters)
+            a, b = parse_letter(r0, pattern, letters, exact), parse_letter(r1, pattern, letters, exact)
             if a is None or b is None:
                 caller.count(query.id, parse_failures=1, fallbacks=1)
                 mine["fallbacks"] += 1
@@ -132,6 +166,8 @@ class Pairwise(LLMRerankerBase, Reranker):
             """Answers to chat requests: from the backend's chat, or read from label log-probabilities."""
             if self.scoring == "logprobs":
                 return [ChatResponse(self.letter_by_logprobs(ctx, r.messages)) for r in reqs]
+            if self.template.get("model_kind") == "seq2seq":
+                return self.seq2seq_answers(ctx, reqs)
             return (yield reqs)
 
         def gt(i: int, j: int):

@@ -22,6 +22,9 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "monot5-3b": ("logit-pair", "castorini/monot5-3b-msmarco-10k", {"template": "monot5"}),
     # seq2seq pairwise (run after monoT5: --reranker monot5-base --reranker duot5-base)
     "duot5-base": ("duot5", "castorini/duot5-base-msmarco", {}),
+    # PRP on FLAN-T5 as llm-rankers runs it (its t5 path; the PRP paper's FLAN-T5 sizes)
+    "prp-flan-t5-large": ("pairwise", "google/flan-t5-large", {"template": "pairwise-prp-t5", "method": "allpair"}),
+    "prp-flan-t5-xl": ("pairwise", "google/flan-t5-xl", {"template": "pairwise-prp-t5", "method": "heapsort"}),
     # causal yes/no (Qwen3-Reranker README format; the -eval presets use Qwen's evaluation-code format)
     "qwen3-reranker-0.6b": ("logit-pair", "Qwen/Qwen3-Reranker-0.6B", {"template": "qwen3-yesno"}),
     "qwen3-reranker-4b": ("logit-pair", "Qwen/Qwen3-Reranker-4B", {"template": "qwen3-yesno", "batch_size": 8}),

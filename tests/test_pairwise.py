@@ -174,3 +174,91 @@ def test_logprob_scoring_renders_the_reference_local_prompt(tiny_qwen, cli, tmp_
     stats = json.loads((Path(res.json()["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"]
     assert stats["pairwise_forward_calls"] <= 2 * stats["pairwise_comparisons"] and stats["pairwise_forward_calls"] > 0
     assert len(stats["pairwise_per_query"]) == 43
+
+
+@pytest.fixture(scope="module")
+def tiny_prp_t5(tmp_path_factory, dl19):
+    """A tiny random T5 (the real loading path: T5ForConditionalGeneration, a Unigram tokenizer
+    T5Tokenizer loads) whose generation config lets it answer only ' A' or ' B', then </s>: the
+    letter is the random model's own choice, so answers disagree and conflicts occur."""
+    import torch
+    from test_duot5 import unigram_t5_tokenizer
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    qrels, cands, queries = dl19
+    texts = [queries[sorted(cands)[0]]] + [t for _, t in cands[sorted(cands)[0]][:6]]
+    path = tmp_path_factory.mktemp("prp-t5")
+    unigram_t5_tokenizer(texts + ["Given a query which of the following two passages is more relevant to the "
+                                  "Output Passage A or B"]).save_pretrained(path)
+    # saved again as T5Tokenizer, as a T5 checkpoint's tokenizer is (it splits on any whitespace, newlines too)
+    T5Tokenizer.from_pretrained(path).save_pretrained(path)
+    tok = T5Tokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=64, d_ff=64, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=2,
+                   decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg.tie_word_embeddings = False  # (not taken as a keyword) the head's rows are set below, the inputs' kept
+    model = T5ForConditionalGeneration(cfg).eval()
+    letters = [tok.convert_tokens_to_ids("\u2581A"), tok.convert_tokens_to_ids("\u2581B")]
+    # a random head prefers one letter whatever the input: B's row becomes A's plus a direction fitted
+    # (least squares on the first query's 30 answer states, 64 wide) so that the letter follows the order of
+    # two pairs in three (a win: the two orders agree) and stays put for the third (a conflict)
+    user = json.loads((Path(registry.__file__).parent.parent / "rerankers" / "templates" / "pairwise-prp-t5.json")
+                      .read_text())["user"]
+    q0 = sorted(cands)[0]
+    pairs = list(combinations([t for _, t in cands[q0][:6]], 2))
+    prompts = [user.format(query=queries[q0], doc1=a, doc2=b) for a, b in pairs]
+    prompts += [user.format(query=queries[q0], doc1=b, doc2=a) for a, b in pairs]
+    enc = tok(prompts, padding=True, return_tensors="pt")
+    dec = tok(["<pad> Passage"] * len(prompts), add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = model(**enc, decoder_input_ids=dec, output_hidden_states=True).decoder_hidden_states[-1][:, -1]
+        sign = torch.tensor([1.0 if p % 3 else -1.0 for p in range(len(pairs))])
+        want = torch.cat([-sign, torch.where(sign > 0, sign, -sign)])  # B - A logit: < 0 answers A
+        x = torch.cat([h, 100 * h.mean(0, keepdim=True)])  # the last row keeps the mean state undecided
+        v = torch.linalg.lstsq(x, torch.cat([want, torch.zeros(1)])[:, None]).solution[:, 0]
+        head = model.lm_head.weight
+        head[letters[1]] = head[letters[0]] + 10 * v
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        suppress_tokens=[t for t in range(len(tok)) if t not in letters + [tok.eos_token_id]],
+        begin_suppress_tokens=[tok.eos_token_id], forced_eos_token_id=tok.eos_token_id)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_allpair_on_t5_equals_llm_rankers(tiny_prp_t5, dl19, monkeypatch):
+    """llm-rankers runs allpair only on T5 (PairwiseLlmRanker, model_type t5): the same encoder
+    inputs in the same order, one comparison per pair, the same final order and scores, on the
+    top-6 of a DL19 query; the model's answers both win and conflict."""
+    import torch
+    from llmrankers import pairwise as ref
+    from llmrankers.rankers import SearchResult
+
+    qrels, cands, queries = dl19
+    # the reference's DataLoader forks 4 workers per query; batches are the same in-process
+    monkeypatch.setattr(ref, "DataLoader", lambda *a, num_workers=0, **kw: torch.utils.data.DataLoader(*a, **kw))
+    upstream = ref.PairwiseLlmRanker(tiny_prp_t5, None, "cpu", method="allpair", batch_size=2, k=10)
+    seen_ref, seen_ours, answers = [], [], []
+    real = upstream.llm.generate
+    upstream.llm.generate = lambda input_ids, **kw: seen_ref.append(input_ids.tolist()) or real(input_ids, **kw)
+    rr = registry.build("reranker", f"pairwise:{tiny_prp_t5}?template=pairwise-prp-t5&method=allpair&k=10"
+                                    "&batch_size=8&doc_max_tokens=100000&cache=false")
+    gen, ask = rr.backend.generate_ids, rr.seq2seq_answers
+    rr.backend.generate_ids = lambda prompts, **kw: seen_ours.append([list(p) for p in prompts]) or gen(prompts, **kw)
+    rr.seq2seq_answers = lambda ctx, reqs: (lambda out: answers.extend(o.text for o in out) or out)(ask(ctx, reqs))
+    qid = sorted(cands)[0]
+    docs = cands[qid][:6]
+    want = upstream.rerank(queries[qid], [SearchResult(docid=d, score=0.0, text=t) for d, t in docs])
+    ctx = StageContext()
+    got = rr.rerank_all([(Query(qid, queries[qid]), [Candidate(d, 0.0, t) for d, t in docs])], ctx)[0]
+    # equal inputs: the reference pads each two-prompt batch (pad id 0), ours pads within its batch
+    strip = [[t for t in row if t != 0] for batch in seen_ref for row in batch]
+    assert strip == [[t for t in p if t != 0] for batch in seen_ours for p in batch] and len(strip) == 2 * 15
+    assert ctx.stats["pairwise_per_query"][qid]["comparisons"] == upstream.total_compare == 15
+    assert [c.doc_id for c in got] == [r.docid for r in want]
+    assert [c.score for c in got] == [float(r.score) for r in want]
+    assert not ctx.stats.get("llm_fallbacks")
+    pairs = list(zip(answers[::2], answers[1::2]))
+    wins = sum(p in (("Passage A", "Passage B"), ("Passage B", "Passage A")) for p in pairs)
+    assert set(answers) == {"Passage A", "Passage B"} and 0 < wins < 15, pairs
+    assert [c.doc_id for c in got] != [d for d, _ in docs]

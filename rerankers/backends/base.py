@@ -5,7 +5,8 @@ A family renders its inputs (chat messages, token ids, text pairs) and asks for 
 * `chat(requests)`                 chat generation (listwise, setwise, groupwise)
 * `label_logprobs(prompts, labels)` log P(label | prompt) at the next token, per label (logit-pair)
 * `generate_ids(prompts, ...)`     greedy continuation of token ids, up to (not with) the first end token,
-                                   and each token's probability (generative)
+                                   and each token's probability (generative; kind=seq2seq: an encoder-
+                                   decoder's answer after a decoder_prefix, hf only)
 * `pair_scores(pairs)`             sequence-classification score of (query, document) pairs (cross-encoder)
 * `embed(prompts)`                 one L2-normalised vector per token-id prompt (embedding, e2rank)
 
@@ -90,7 +91,8 @@ class Backend:
         raise self.unsupported("label_logprobs")
 
     def generate_ids(self, prompts: Sequence[list[int]], *, max_new_tokens: int, pad_id: int,
-                     eos: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+                     eos: Sequence[int] = (), kind: str = "causal",
+                     decoder_prefix: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
         raise self.unsupported("generate_ids")
 
     def pair_scores(self, pairs: Sequence[Pair], *, pad_id: int = 0) -> list[float]:

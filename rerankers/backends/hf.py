@@ -175,22 +175,28 @@ class HF(Backend):
         return logp.cpu().tolist()
 
     def generate_ids(self, prompts: Sequence[list[int]], *, max_new_tokens: int, pad_id: int,
-                     eos: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+                     eos: Sequence[int] = (), kind: str = "causal",
+                     decoder_prefix: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
         from ..base import pad, require_torch
 
         torch = require_torch()
-        model = self._model("causal")
+        model = self._model(kind)
         stop = set(eos)
         gen_eos = getattr(model.generation_config, "eos_token_id", None)
         stop |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else ({gen_eos} if gen_eos is not None else set())
-        input_ids, mask = pad(prompts, pad_id, "left")
+        input_ids, mask = pad(prompts, pad_id, "left" if kind == "causal" else "right")
+        extra: dict = {}
+        if kind == "seq2seq" and decoder_prefix:  # the decoder starts from the given tokens (start token included)
+            extra["decoder_input_ids"] = torch.tensor([list(decoder_prefix)] * len(prompts), device=self.device)
         with torch.inference_mode():
             out = self.forward(model.generate, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                                do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                return_dict_in_generate=True, output_logits=True, output_scores=True,
-                               temperature=None, top_p=None, top_k=None)
+                               temperature=None, top_p=None, top_k=None, **extra)
             steps = out.logits if getattr(out, "logits", None) is not None else out.scores
-            chosen = out.sequences[:, input_ids.shape[1]:]
+            # what follows the prompt (causal) or the decoder's start and prefix (seq2seq)
+            skip = input_ids.shape[1] if kind == "causal" else (len(decoder_prefix) or 1)
+            chosen = out.sequences[:, skip:]
             # probability of each generated token, one step at a time (never B x T x V at once)
             probs = torch.stack([torch.softmax(s.float(), dim=-1).gather(1, chosen[:, k:k + 1]).squeeze(1)
                                  for k, s in enumerate(steps)], dim=1).cpu().tolist()

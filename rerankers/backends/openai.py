@@ -139,7 +139,11 @@ class OpenAI(Backend):
         return [values[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def generate_ids(self, prompts: Sequence[list[int]], *, max_new_tokens: int, pad_id: int,
-                     eos: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+                     eos: Sequence[int] = (), kind: str = "causal",
+                     decoder_prefix: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+        if kind != "causal":
+            raise ConfigError(f"the openai backend generates with causal models only (this template is {kind}); "
+                              "use backend=hf")
         payload = {"model": self.model, "prompt": [list(p) for p in prompts], "max_tokens": int(max_new_tokens),
                    "temperature": 0.0, "logprobs": 1, "return_tokens_as_token_ids": True,
                    "skip_special_tokens": False, **self.extra_body}

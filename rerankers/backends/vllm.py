@@ -165,7 +165,11 @@ class VLLM(Backend):
         return [values[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def generate_ids(self, prompts: Sequence[list[int]], *, max_new_tokens: int, pad_id: int,
-                     eos: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+                     eos: Sequence[int] = (), kind: str = "causal",
+                     decoder_prefix: Sequence[int] = ()) -> list[tuple[list[int], list[float]]]:
+        if kind != "causal":
+            raise ConfigError(f"the vllm backend generates with causal models only (this template is {kind}); "
+                              "use backend=hf")
         SamplingParams, TokensPrompt = _vllm()
         llm = self.engine("generate")
         outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
