@@ -57,7 +57,7 @@ def _download(d: dict, name: str | None = None) -> Download:
     return Download(d["url"], int(d["size"]), d.get("md5"), d.get("sha256"), d.get("name", name))
 
 
-def _load() -> tuple[dict[str, Entry], tuple[str, ...]]:
+def _load() -> tuple[dict[str, Entry], tuple[str, ...], dict[str, Download]]:
     data = tomllib.loads(resources.files(__package__).joinpath("catalog.toml").read_text(encoding="utf-8"))
     beir_url = data["beir"]["url"]
     out: dict[str, Entry] = {}
@@ -78,7 +78,9 @@ def _load() -> tuple[dict[str, Entry], tuple[str, ...]]:
     for t in b["tasks"]:
         out[f"bright-{t}"] = Entry(f"bright-{t}", "bright", f"bright/{t}", b["description"].format(task=t),
                                    bright_task=t.replace("-", "_"), bright_repo=b["repo"])
-    return out, tuple(b["tasks"])
+    files = {name: _download(f, name) for name, f in data.get("files", {}).items()}
+    return out, tuple(b["tasks"]), files
 
 
-CATALOG, BRIGHT_TASKS = _load()
+# FILES: downloads that belong to no dataset (tokenizer data), by name
+CATALOG, BRIGHT_TASKS, FILES = _load()

@@ -64,9 +64,9 @@ def _llm(rr, query: Query, cands: list[Candidate], ctx: StageContext) -> list[di
     windows: list[tuple[list[str], list[dict], dict]] = []
     family = rr.config().get("family")
     if family == "listwise":
-        from .rerankers.listwise import _fix_text, sliding_windows
+        from .rerankers.listwise import sliding_windows
 
-        qtext = _fix_text(query.text) if rr.fix_text else query.text
+        qtext = rr.prepare_query(query.text)
         for start, end in sliding_windows(len(cands), rr.window, rr.stride):
             win = cands[start:end]
             msgs, cut = rr.window_messages(qtext, [rr._words(c.body, c.title) for c in win])

@@ -21,7 +21,7 @@ from typing import Sequence
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import Candidate, Query, StageContext, fingerprint
 
-from .listwise import Listwise, _fix_text, replace_bracket_numbers, sliding_windows
+from .listwise import Listwise, replace_bracket_numbers, sliding_windows
 
 NAMESPACE = "first"
 
@@ -113,7 +113,7 @@ class First(Listwise):
         out = []
         for query, cands in items:
             order = list(cands)
-            qtext = _fix_text(query.text) if self.fix_text else query.text
+            qtext = self.prepare_query(query.text)
             for start, end in sliding_windows(len(order), self.window, self.stride):
                 win = order[start:end]
                 msgs, _ = self.window_messages(qtext, [self._words(c.body, c.title) for c in win])

@@ -12,9 +12,13 @@ Scores follow rank_llm: the passage placed at position j takes the j-th first-st
 does with rank_llm's runs; `scores=rank` writes -rank and keeps the model's order under ties.
 
 Prompts follow rank_llm too (template keys): BEIR documents as 'Title: t Content: body'
-(`title_format`), text repaired with ftfy (`fix_text`), 300 words per passage, then shorter
-until the window fits `context_size` (4096) when the model's tokenizer is known, and exactly
-a full permutation's tokens decoded (`exact_answer`; on HTTP only when asked).
+(`title_format`), text repaired with ftfy (`fix_text`), 300 words per passage (more in a window
+shorter than 20, as rank_llm starts), then shorter until the window fits `context_size` (4096),
+and exactly a full permutation's tokens decoded (`exact_answer`; on HTTP only when asked).
+Two counts, as rank_llm's two paths: with the model's tokenizer (hf, vllm, openai with
+tokenizer=) the chat-templated prompt's tokens (RankListwiseOSLLM); over HTTP without one,
+tiktoken cl100k_base counts of the messages (RankGPT's SafeOpenai, rerankers/gpt_tokens.py),
+and no max_tokens is sent, as SafeOpenai sends none (max_new_tokens=N sends N).
 """
 
 from __future__ import annotations
@@ -115,9 +119,9 @@ class Listwise(LLMRerankerBase, Reranker):
                            backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
                            batch_size, gguf_file, tokenizer, cache)
         self.doc_max_words = int(doc_max_words or self.template.get("doc_max_words", 300))
-        # rank_llm cuts passages further until the prompt fits the model's context (4096 for
-        # RankZephyr) minus the answer; that needs the model's tokenizer: always there with hf,
-        # with openai only when tokenizer= names one. 0 turns it off.
+        # rank_llm cuts passages further until the prompt fits the model's context (4096) minus
+        # the answer, counted with the model's tokenizer where it is known (hf, vllm, openai with
+        # tokenizer=), else with tiktoken as RankGPT does. 0 turns it off.
         ctx = context_size if context_size is not None else self.template.get("context_size", 0)
         self.context_size = int(ctx or 0)
         if self.context_size < 0:
@@ -132,15 +136,26 @@ class Listwise(LLMRerankerBase, Reranker):
         if self.exact_answer and not self.backend.local and not self.backend.tokenizer_name:
             raise ValueError("exact_answer with backend=openai needs tokenizer=HF_ID to count the answer's tokens")
         self._answer_len: dict[int, int] = {}
+        # SafeOpenai sends no max_tokens: over HTTP the server's own limit applies unless asked
+        self.send_max_tokens = self.backend.local or max_new_tokens is not None
 
     def config(self) -> dict:
         return {"family": "listwise", **self.backend.identity(), **self._template_config(), "window": self.window,
                 "stride": self.stride, "doc_max_words": self.doc_max_words, "scores": self.scores,
-                "context_size": self.context_size if self._fits_context() else None,
-                "exact_answer": self.exact_answer, **self._decoding_config()}
+                "context_size": self.context_size or None,
+                **({"token_counts": "tiktoken-cl100k"} if self._counts_with_tiktoken() else {}),
+                "exact_answer": self.exact_answer, **self._decoding_config(),
+                **({} if self.send_max_tokens or self.exact_answer else {"max_new_tokens": None})}
 
-    def _fits_context(self) -> bool:
-        return bool(self.context_size) and (self.backend.local or bool(self.backend.tokenizer_name))
+    def _counts_with_tiktoken(self) -> bool:
+        """RankGPT's path: HTTP, no tokenizer of the model named."""
+        return bool(self.context_size) and not self.backend.local and not self.backend.tokenizer_name
+
+    def prepare_query(self, text: str) -> str:
+        """The query as it enters the prompt: ftfy-repaired on the tokenizer path (rank_llm's
+        RankListwiseOSLLM repairs the whole rendered prompt), as given on RankGPT's (SafeOpenai
+        repairs passages only)."""
+        return _fix_text(text) if self.fix_text and not self._counts_with_tiktoken() else text
 
     # -- prompt --------------------------------------------------------------------------
     @property
@@ -171,19 +186,40 @@ class Listwise(LLMRerankerBase, Reranker):
         return self._answer_len[n]
 
     def window_messages(self, query: str, passages: list[list[str]]) -> tuple[list[dict], bool]:
-        """The window's prompt; with a context size and a tokenizer, passages shrink as in
-        rank_llm until prompt + answer fit. (messages, whether passages were cut to fit)."""
-        max_words = float(self.doc_max_words)
+        """The window's prompt, passages shrunk as in rank_llm's create_prompt until prompt +
+        answer fit the context. (messages, whether passages were cut to fit)."""
+        n = len(passages)
+        if not n:
+            return self.messages(query, []), False
+        tiktoken_counts = self._counts_with_tiktoken()
+        # rank_llm's first length: 300 * (window // n) words on RankGPT's path (SafeOpenai),
+        # 300 * (20 / n) on the tokenizer path (RankListwiseOSLLM hard-codes 20)
+        if tiktoken_counts:
+            max_words = float(self.doc_max_words * (self.window // n))
+        else:
+            max_words = self.doc_max_words * (20 / n)
         msgs = self.messages(query, [self._content(p, max_words) for p in passages])
-        if not self._fits_context() or not passages:
+        if not self.context_size:
             return msgs, False
-        budget = self.context_size - self.answer_tokens(len(passages))
+        if tiktoken_counts:
+            from . import gpt_tokens
+
+            # SafeOpenai budgets the answer of a full window (self._window_size), whatever this one's size
+            budget = self.context_size - gpt_tokens.answer_tokens(self.window)
+            memo: dict[str, int] = {}
+
+            def used(m):
+                return gpt_tokens.message_tokens(self.backend.model, m, memo)
+        else:
+            budget = self.context_size - self.answer_tokens(n)
+            used = self.backend.prompt_tokens
         cut = False
+        # rank_llm loops until it fits; a floor of one word per passage ends a window that cannot
         while max_words > 1:
-            used = self.backend.prompt_tokens(msgs)
-            if used is None or used <= budget:
+            count = used(msgs)
+            if count is None or count <= budget:
                 break
-            max_words -= max(1, (used - budget) // (len(passages) * 4))
+            max_words -= max(1, (count - budget) // (n * 4))
             msgs = self.messages(query, [self._content(p, max(max_words, 1)) for p in passages])
             cut = True
         return msgs, cut
@@ -213,7 +249,7 @@ class Listwise(LLMRerankerBase, Reranker):
     def _plan(self, caller, query: Query, cands: list[Candidate]) -> Plan:
         order = list(cands)
         words: dict[int, list[str]] = {}  # prepared when a window first needs them: overlaps other queries' calls
-        qtext = _fix_text(query.text) if self.fix_text else query.text
+        qtext = self.prepare_query(query.text)
         after = (self.template.get("parser") or {}).get("after", "</think>")
         for start, end in sliding_windows(len(order), self.window, self.stride):
             win = order[start:end]
@@ -224,7 +260,10 @@ class Listwise(LLMRerankerBase, Reranker):
             if cut:
                 caller.count(query.id, context_cuts=1)
             exact = self.answer_tokens(len(win)) if self.exact_answer else 0
-            (resp,) = yield [self._request(msgs, exact or None, exact)]
+            req = self._request(msgs, exact or None, exact)
+            if not (exact or self.send_max_tokens):
+                req.max_new_tokens = None  # sent without max_tokens
+            (resp,) = yield [req]
             perm, status = parse_permutation(resp.text, len(win), after)
             if status == "failed":
                 caller.count(query.id, parse_failures=1, fallbacks=1)

@@ -192,13 +192,15 @@ class State:
             self.unmatched = 0
             self.finished_at: dict[str, float] = {}
             self.auth: Counter = Counter()  # Authorization headers seen (tests check the key is sent)
+            self.max_tokens: Counter = Counter()  # chat requests by the max_tokens they sent ("None": none)
 
     def snapshot(self) -> dict:
         with self.lock:
             return {"requests": self.requests, "answered": self.answered, "in_flight": self.in_flight,
                     "faults": dict(self.faults), "paradigms": dict(self.paradigms), "unmatched": self.unmatched,
                     "by_prompt": dict(self.by_prompt), "finished_at": dict(self.finished_at),
-                    "mode": self.mode, "fault_rate": self.fault_rate, "auth": dict(self.auth)}
+                    "mode": self.mode, "fault_rate": self.fault_rate, "auth": dict(self.auth),
+                    "max_tokens": dict(self.max_tokens)}
 
     def fault(self) -> str | None:
         with self.lock:
@@ -335,6 +337,8 @@ class Handler(BaseHTTPRequestHandler):
                 answer = st.rerank_answer(body)
                 payload = answer
             else:
+                with st.lock:
+                    st.max_tokens[str(body.get("max_tokens"))] += 1
                 text = st.chat_answer(body.get("messages") or [], key)
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
                 payload = {"id": "chatcmpl-" + key[:12], "object": "chat.completion", "model": body.get("model"),

@@ -171,11 +171,15 @@ def test_listwise_fits_the_window_into_the_context_like_rank_llm(tiny_model, dat
     assert len(widths) == 20 and k < max(len(lw._words(t)) for t in texts)
     assert widths == [min(k, len(lw._words(t))) for t in texts]
     assert lw.config()["context_size"] == 900
-    # an HTTP backend without a tokenizer cannot count: no fitting, and the config says so
+    # an HTTP backend without a tokenizer counts as rank_llm's RankGPT does (tiktoken; these
+    # passages fit), and context_size=0 turns the fitting off
     http = Listwise("m", backend="openai", base_url="http://127.0.0.1:9/v1")
-    assert http.context_size == 4096 and http.config()["context_size"] is None
-    assert http.window_messages("q", [t.split() for t in texts]) == (http.messages("q", [
-        http._content(t.split()) for t in texts]), False)
+    assert http.context_size == 4096 and http.config()["token_counts"] == "tiktoken-cl100k"
+    off = Listwise("m", backend="openai", base_url="http://127.0.0.1:9/v1", context_size=0)
+    assert off.config()["context_size"] is None and "token_counts" not in off.config()
+    for lw in (http, off):
+        assert lw.window_messages("q", [t.split() for t in texts]) == (lw.messages("q", [
+            lw._content(t.split()) for t in texts]), False)
 
 
 def test_exact_answer_over_http_sends_min_tokens_and_needs_a_tokenizer(tiny_model):

@@ -29,7 +29,7 @@ OPERATIONS = ("chat", "label_logprobs", "generate_ids", "pair_scores", "embed")
 @dataclass
 class ChatRequest:
     messages: list[dict]
-    max_new_tokens: int
+    max_new_tokens: int | None  # None: no limit sent (HTTP; the server's own applies)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None

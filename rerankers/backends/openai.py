@@ -87,8 +87,10 @@ class OpenAI(Backend):
         return [self._one(r) for r in requests]
 
     def _one(self, req: ChatRequest) -> ChatResponse:
-        payload = {"model": self.model, "messages": req.messages, "max_tokens": req.max_new_tokens,
-                   "temperature": req.temperature, "top_p": req.top_p, **self.extra_body}
+        payload = {"model": self.model, "messages": req.messages, "temperature": req.temperature, "top_p": req.top_p,
+                   **self.extra_body}
+        if req.max_new_tokens is not None:  # None: the server's own limit (rank_llm's RankGPT sends none)
+            payload["max_tokens"] = req.max_new_tokens
         if req.seed is not None:
             payload["seed"] = req.seed
         if req.min_new_tokens:
