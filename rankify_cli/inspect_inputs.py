@@ -72,10 +72,8 @@ def _llm(rr, query: Query, cands: list[Candidate], ctx: StageContext) -> list[di
             msgs, cut = rr.window_messages(qtext, [rr._words(c.body, c.title) for c in win])
             windows.append(([c.doc_id for c in win], msgs, {"window": [start, end], "context_cut": cut}))
     elif family == "setwise":
-        qtext = rr.backend.truncate(query.text, rr.query_max_tokens)
-        first = cands[: rr.set_size]
-        msgs = rr.messages(qtext, [rr.backend.truncate(c.text, rr.doc_max_tokens) for c in first])
-        windows.append(([c.doc_id for c in first], msgs, {"comparison": 1}))
+        shown, msgs = rr.first_comparison(query, cands, ctx.dataset)  # the heap's last parent, shuffled
+        windows.append(([cands[i].doc_id for i in shown], msgs, {"comparison": 1}))
     elif family == "groupwise":
         texts = [rr._doc(c.text) for c in cands]
         for n, g in enumerate(rr.groups(query.id, len(cands)), 1):

@@ -292,14 +292,19 @@ class LLMRerankerBase:
 
     def _init_backend(self, model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
                       backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
-                      batch_size, gguf_file, tokenizer, cache) -> None:
+                      batch_size, gguf_file, tokenizer, cache, adapter: str | None = None) -> None:
         self.template_name, self.template = load_template(template or self.default_template, self.paradigm)
         self.backend_kind = (backend or "hf").lower()
+        if adapter and self.backend_kind != "hf":
+            raise ConfigError(f"adapter= is merged into the base model by backend=hf; with backend={self.backend_kind} "
+                              "serve the adapter (vllm serve BASE --enable-lora --lora-modules NAME=ADAPTER) and "
+                              "give its NAME as the model")
         self.backend = make_backend(self.backend_kind, model, family=self.paradigm, base_url=base_url,
                                     api_key_env=api_key_env, timeout=timeout, max_retries=max_retries, backoff=backoff,
                                     tokenizer=tokenizer, revision=revision, device=device, dtype=dtype,
                                     batch_size=batch_size, gguf_file=gguf_file, concurrency=concurrency,
-                                    chat_template_kwargs=self.template.get("chat_template_kwargs"))
+                                    chat_template_kwargs=self.template.get("chat_template_kwargs"),
+                                    **({"adapter": adapter} if adapter else {}))
         # rank_llm hands the rendered string to vLLM, which tokenizes it with special tokens (a
         # Mistral/Zephyr <s>); templates that follow it say prompt_add_special_tokens
         self.backend.add_special_tokens = bool(self.template.get("prompt_add_special_tokens", False))

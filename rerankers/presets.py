@@ -59,6 +59,10 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "voyage-rerank-2.5": ("rerank-api", "rerank-2.5", {"provider": "voyage"}),
     "voyage-rerank-2.5-lite": ("rerank-api", "rerank-2.5-lite", {"provider": "voyage"}),
     "mixedbread-rerank-large-v2": ("rerank-api", "mixedbread-ai/mxbai-rerank-large-v2", {"provider": "mixedbread"}),
+    # setwise (Rank-R1: LoRA adapters on Qwen2.5-Instruct, merged into the base by backend=hf)
+    "rank-r1-3b": ("setwise", "Qwen/Qwen2.5-3B-Instruct", {"adapter": "ielabgroup/Rank-R1-3B-v0.1"}),
+    "rank-r1-7b": ("setwise", "Qwen/Qwen2.5-7B-Instruct", {"adapter": "ielabgroup/Rank-R1-7B-v0.1"}),
+    "rank-r1-14b": ("setwise", "Qwen/Qwen2.5-14B-Instruct", {"adapter": "ielabgroup/Rank-R1-14B-v0.1"}),
     # LLM listwise / groupwise (hf backend by default; --backend openai for a served model)
     "rankzephyr": ("listwise", "castorini/rank_zephyr_7b_v1_full", {"template": "listwise-rankzephyr"}),
     "diver-grouprank-7b": ("groupwise", "AQ-MedAI/Diver-GroupRank-7B", {"template": "groupwise-grouprank"}),

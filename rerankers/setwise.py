@@ -1,18 +1,30 @@
-"""Setwise LLM reranking (Rank-R1 style) with heap selection of the top-k.
+"""Setwise LLM reranking (Rank-R1, ielab/llm-rankers) with heap selection of the top-k.
 
 A set of up to `set_size` candidates (default 20) is shown as `[i] text`; the model names the
-most relevant one (`<answer>[3]</answer>`, the parsing rule lives in the template). A heap with
-set_size - 1 children per node (llm-rankers' heapsort) yields the top-k (default 10) in order;
-the rest keep their first-stage order. Scores follow rank (score = -rank).
+most relevant one (`<think>...</think> <answer>[3]</answer>`, the parsing rule lives in the
+template). A heap with set_size - 1 children per node (llm-rankers' heapsort) yields the
+top-k (default 10) in order; the rest keep their first-stage order. Scores follow rank
+(score = -rank).
 
-When an answer is unusable (no answer tag, a label that was not shown) the candidate of the
-set with the best first-stage rank wins (counted as a parse failure and a fallback), so a run
-where every answer is unusable returns the first-stage order unchanged. Upstream falls back
-to the heap parent instead, which scrambles the order.
+As the reference (Rank-R1/run_setwise.py, llmrankers/setwise.py RankR1SetwiseLlmRanker):
+- each comparison shows its documents shuffled (`random.sample`) from one stream seeded 929
+  for the whole run, the queries taken one after another in the order given (sorted ids);
+  `shuffle=query` seeds a stream per query instead (queries then run side by side, the order
+  differs from the reference's), `shuffle=none` shows them in heap order;
+- queries and documents are cut to tokens of the model's tokenizer
+  (`convert_tokens_to_string(tokenize(text)[:n])`), with the paper's lengths chosen by
+  dataset (DL 32/512, BRIGHT 1024/1024; otherwise the script's defaults 128/128), or
+  `query_max_tokens=` / `doc_max_tokens=`;
+- an unusable answer (no think+answer tags, a label that was not shown) lets the heap parent
+  win (`fallback=parent`); `fallback=first-stage` lets the set's best first-stage candidate
+  win instead, so a run of unusable answers keeps the first-stage order. Both are counted
+  (parse failure + fallback).
+Rank-R1's checkpoints are LoRA adapters: `adapter=` (hf backend) merges one into the base.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Sequence
 
@@ -39,6 +51,10 @@ def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: b
     return labels.index(got) if got in labels else None
 
 
+SHUFFLES = ("run", "query", "none")
+FALLBACKS = ("parent", "first-stage")
+
+
 class Setwise(LLMRerankerBase, Reranker):
     __doc__ = (__doc__ or "") + "\n" + COMMON_DOC
     paradigm = "setwise"
@@ -51,20 +67,52 @@ class Setwise(LLMRerankerBase, Reranker):
                  top_p: float | None = None, seed: int | None = None, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_tokens: int | None = None,
-                 cache: bool = True):
+                 query_max_tokens: int | None = None, shuffle: str = "run", shuffle_seed: int = 929,
+                 fallback: str = "parent", adapter: str | None = None, cache: bool = True):
         if int(set_size) < 2 or int(k) < 1:
             raise ValueError(f"need set_size >= 2 and k >= 1 (got {set_size}, {k})")
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {', '.join(SHUFFLES)} (got {shuffle!r})")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
         self.set_size, self.k = int(set_size), int(k)
         self.num_child = self.set_size - 1
+        self.shuffle, self.shuffle_seed, self.fallback = shuffle, int(shuffle_seed), fallback
         self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
                            backoff, log_calls, max_new_tokens, temperature, top_p, seed, revision, device, dtype,
-                           batch_size, gguf_file, tokenizer, cache)
-        self.doc_max_tokens = int(doc_max_tokens or self.template.get("doc_max_tokens", 128))
-        self.query_max_tokens = int(self.template.get("query_max_tokens", 128))
+                           batch_size, gguf_file, tokenizer, cache, adapter=adapter)
+        self.adapter = adapter
+        self.doc_max_tokens = int(doc_max_tokens) if doc_max_tokens else None
+        self.query_max_tokens = int(query_max_tokens) if query_max_tokens else None
+        self.dataset = ""
+
+    def lengths(self, dataset: str) -> tuple[int, int]:
+        """(query, document) token budgets: the user's, else the template's for the dataset."""
+        t = self.template
+        q, d = int(t.get("query_max_tokens", 128)), int(t.get("doc_max_tokens", 128))
+        for prefix, (dq, dd) in (t.get("dataset_lengths") or {}).items():
+            if dataset.startswith(prefix):
+                q, d = int(dq), int(dd)
+                break
+        return self.query_max_tokens or q, self.doc_max_tokens or d
 
     def config(self) -> dict:
+        rule = {k: v for k, v in (self.template.get("dataset_lengths") or {}).items()}
         return {"family": "setwise", **self.backend.identity(), **self._template_config(), "set_size": self.set_size,
-                "k": self.k, "method": "heapsort", "doc_max_tokens": self.doc_max_tokens, **self._decoding_config()}
+                "k": self.k, "method": "heapsort", "query_max_tokens": self.query_max_tokens or "by dataset",
+                "doc_max_tokens": self.doc_max_tokens or "by dataset", "lengths_by_dataset": rule,
+                "shuffle": self.shuffle, "shuffle_seed": self.shuffle_seed, "fallback": self.fallback,
+                **self._decoding_config()}
+
+    def truncate(self, text: str, n: int) -> str:
+        """llm-rankers' truncate: the first n tokens, joined back (convert_tokens_to_string)."""
+        tok = self.backend.chat_tokenizer()
+        if tok is None:
+            return self.backend.truncate(text, n)
+        from .backends.base import TOKENIZER_LOCK
+
+        with TOKENIZER_LOCK:
+            return tok.convert_tokens_to_string(tok.tokenize(text)[:n])
 
     def messages(self, query: str, texts: Sequence[str]) -> list[dict]:
         t = self.template
@@ -74,26 +122,33 @@ class Setwise(LLMRerankerBase, Reranker):
         msgs.append({"role": "user", "content": t["user"].format(query=query, docs=docs)})
         return msgs
 
-    def _plan(self, caller, query: Query, cands: list[Candidate]) -> Plan:
+    def _plan(self, caller, query: Query, cands: list[Candidate], rng: random.Random | None) -> Plan:
         n = len(cands)
-        qtext = self.backend.truncate(query.text, self.query_max_tokens)
-        texts = [self.backend.truncate(c.text, self.doc_max_tokens) for c in cands]
+        qlen, dlen = self.lengths(self.dataset)
+        qtext = self.truncate(query.text, qlen)
+        texts = [self.truncate(c.text, dlen) for c in cands]
         arr = list(range(n))  # heap of first-stage positions
         parser = self.template.get("parser") or {}
-        pattern = parser.get("pattern", r"<answer>(.*?)</answer>")
+        pattern = parser.get("pattern", r"<think>.*?</think>\s*<answer>(.*?)</answer>")
         lowercase = parser.get("lowercase", True)
-        after = parser.get("after", "</think>")
+        after = parser.get("after")
         nc = self.num_child
+        if self.shuffle == "query":
+            rng = random.Random(f"{self.shuffle_seed}:{query.id}")
 
         def compare(inds: list[int]):
             docs = [arr[i] for i in inds]
+            # shown[j] = docs[perm[j]] under label [j+1], as llm-rankers' random.sample(id_passage, n)
+            perm = rng.sample(range(len(docs)), len(docs)) if rng is not None else list(range(len(docs)))
             labels = [f"[{i}]" for i in range(1, len(docs) + 1)]
-            (resp,) = yield [self._request(self.messages(qtext, [texts[d] for d in docs]))]
-            best = parse_label(resp.text, labels, pattern, lowercase, after)
-            if best is None:
+            (resp,) = yield [self._request(self.messages(qtext, [texts[docs[p]] for p in perm]))]
+            shown = parse_label(resp.text, labels, pattern, lowercase, after)
+            if shown is None:
                 caller.count(query.id, parse_failures=1, fallbacks=1)
-                best = min(range(len(docs)), key=lambda j: docs[j])  # best first-stage rank wins
-            return inds[best]
+                if self.fallback == "parent":
+                    return inds[0]  # llm-rankers: best_ind = 0
+                return inds[min(range(len(docs)), key=lambda j: docs[j])]  # best first-stage rank wins
+            return inds[perm[shown]]
 
         def heapify(size: int, i: int):
             while nc * i + 1 < size:
@@ -117,6 +172,26 @@ class Setwise(LLMRerankerBase, Reranker):
         order = top + [i for i in range(n) if i not in chosen]
         return [Candidate(cands[i].doc_id, -float(r), cands[i].text) for r, i in enumerate(order, 1)]
 
+    def first_comparison(self, query: Query, cands: list[Candidate], dataset: str = "") -> tuple[list[int], list[dict]]:
+        """(first-stage positions shown, messages) of the first comparison a run makes for this
+        query (exact for the first query of a shuffle=run run, and for every query otherwise)."""
+        self.dataset = dataset
+        n, nc = len(cands), self.num_child
+        i = n // nc
+        while i > 0 and nc * i + 1 >= n:
+            i -= 1
+        inds = [i] + list(range(nc * i + 1, min(nc * (i + 1) + 1, n)))
+        rng = None if self.shuffle == "none" else random.Random(
+            self.shuffle_seed if self.shuffle == "run" else f"{self.shuffle_seed}:{query.id}")
+        perm = rng.sample(range(len(inds)), len(inds)) if rng is not None else list(range(len(inds)))
+        qlen, dlen = self.lengths(dataset)
+        shown = [inds[p] for p in perm]
+        return shown, self.messages(self.truncate(query.text, qlen), [self.truncate(cands[j].text, dlen) for j in shown])
+
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
+        self.dataset = ctx.dataset or ""
         caller = self._caller(ctx)
-        return drive(items, lambda q, c: self._plan(caller, q, c), caller, ctx, self.concurrency)
+        if self.shuffle == "run":  # one stream over the run: queries one after another, as the reference
+            rng = random.Random(self.shuffle_seed)
+            return drive(items, lambda q, c: self._plan(caller, q, c, rng), caller, ctx, 1, chunk_queries=1)
+        return drive(items, lambda q, c: self._plan(caller, q, c, None), caller, ctx, self.concurrency)

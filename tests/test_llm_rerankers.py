@@ -277,6 +277,8 @@ def test_rerank_api_batch_over_the_servers_limit_is_one_clear_line(cli, tmp_path
 @pytest.mark.parametrize("paradigm", ["listwise", "setwise", "groupwise"])
 def test_garbage_answers_keep_the_first_stage_order(paradigm, cli, tmp_path, dl19):
     spec = SPECS[paradigm].replace("&alpha=1", "")  # groupwise: default fusion with BM25
+    if paradigm == "setwise":  # llm-rankers lets the heap parent win (the default; tests/test_parity_setwise.py)
+        spec += "&fallback=first-stage"
     with LLMServer(dl19[2], mode="garbage") as srv:
         doc, out, stats = run_cli(cli, tmp_path, spec.format(url=srv.url), tmp_path / "cache")
         st = srv.stats()
@@ -294,9 +296,10 @@ def test_garbage_answers_keep_the_first_stage_order(paradigm, cli, tmp_path, dl1
 
 @pytest.mark.parametrize("paradigm", ["listwise", "setwise", "groupwise"])
 def test_faults_do_not_change_the_result(paradigm, cli, tmp_path, dl19):
+    # setwise: a shuffle stream per query, so queries run side by side and stalls overlap
+    knobs = "&timeout=1&backoff=0.05&max_retries=12" + ("&shuffle=query" if paradigm == "setwise" else "")
     with LLMServer(dl19[2], mode="oracle") as srv:
-        _, clean, _ = run_cli(cli, tmp_path / "a", SPECS[paradigm].format(url=srv.url), tmp_path / "c1")
-    knobs = "&timeout=1&backoff=0.05&max_retries=12"
+        _, clean, _ = run_cli(cli, tmp_path / "a", SPECS[paradigm].format(url=srv.url) + knobs, tmp_path / "c1")
     with LLMServer(dl19[2], mode="oracle", fault_rate=0.2, stall=2.0, seed=7) as srv:
         doc, faulty, stats = run_cli(cli, tmp_path / "b", SPECS[paradigm].format(url=srv.url) + knobs, tmp_path / "c2")
         st = srv.stats()

@@ -41,6 +41,21 @@ def load_tokenizer(name: str, revision: str | None = None, gguf_file: str | None
                               f"{str(e).splitlines()[0]}") from None
 
 
+def merge_adapter(model, adapter: str):
+    """Base + PEFT adapter, merged as ielab/llm-rankers' Rank-R1 README loads its checkpoints
+    (PeftModel.from_pretrained(base, adapter).merge_and_unload())."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise DependencyError("adapter= needs peft: pip install 'rankify-cli[adapters]'") from None
+    path = os.path.expanduser(adapter)
+    try:
+        return PeftModel.from_pretrained(model, path if os.path.isdir(path) else adapter).merge_and_unload()
+    except (OSError, ValueError) as e:
+        raise DependencyError(f"cannot load the adapter '{adapter}' (not found locally and offline?): "
+                              f"{str(e).splitlines()[0]}") from None
+
+
 class HF(Backend):
     kind = "hf"
     batched = True
@@ -49,9 +64,13 @@ class HF(Backend):
     def __init__(self, model: str, revision: str | None = None, device: str | None = None, dtype: str | None = None,
                  batch_size: int = 4, gguf_file: str | None = None, trust_remote_code: bool = False,
                  chat_template_kwargs: dict | None = None, family: str = "reranker", model_format: str = "transformers",
-                 **_ignored):
+                 adapter: str | None = None, **_ignored):
         super().__init__()
         self.model_name, self.revision, self.gguf_file = model, revision, gguf_file
+        # a PEFT (LoRA) adapter merged into the base for chat (Rank-R1's checkpoints are adapters)
+        self.adapter = adapter or None
+        if self.adapter and gguf_file:
+            raise ConfigError("adapter= needs the base model's transformers weights, not a GGUF file")
         self.device_opt, self.dtype_opt = device, dtype
         self.batch_size = max(1, int(batch_size))
         self.trust_remote_code = trust_remote_code
@@ -84,6 +103,9 @@ class HF(Backend):
             ident["gguf_file"] = self.gguf_file
         if self.folder is not None:
             ident["model"] = folder_fingerprint(self.folder)
+        if self.adapter:
+            folder = Path(os.path.expanduser(self.adapter))
+            ident["adapter"] = folder_fingerprint(folder) if folder.is_dir() else self.adapter
         return ident
 
     def forward(self, model, **inputs):
@@ -247,7 +269,7 @@ class HF(Backend):
                  "float16": torch.float16, "fp16": torch.float16}.get(str(self.dtype_opt or "").lower())
         if dtype is None:
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        key = (self.model_name, self.revision, self.gguf_file, device, str(dtype))
+        key = (self.model_name, self.revision, self.gguf_file, device, str(dtype), self.adapter)
         with _CHAT_LOCK:
             if key not in _CHAT_MODELS:
                 tok = load_tokenizer(str(self.folder or self.model_name), self.revision, self.gguf_file)
@@ -268,6 +290,8 @@ class HF(Backend):
                     raise DependencyError(
                         f"cannot load model '{self.model_name}' (not in the local cache and offline?); pass a local "
                         f"folder or use backend=openai [{str(e).splitlines()[0]}]") from None
+                if self.adapter:
+                    model = merge_adapter(model, self.adapter)
                 model.to(device).eval()
                 tok.padding_side = "left"
                 if tok.pad_token is None:
