@@ -180,7 +180,8 @@ def main() -> None:
                 row = {"model": name, "batch_size": bs, "dtype": rr.dtype, "pairs": pairs, "seconds": round(dt, 3),
                        "first_pass_pairs_per_s": round(pairs / first_dt, 1),
                        "pairs_per_s": round(pairs / dt, 1), "peak_gpu_gib": round(mem, 2),
-                       "truncated": ctx.stats.get("truncated_documents", 0)}
+                       # cross-encoders count cut pairs, logit-pair templates cut documents
+                       "truncated": ctx.stats.get("truncated_pairs", 0) + ctx.stats.get("truncated_documents", 0)}
                 # the floor: the same model's bare forward on the same token ids, pre-padded
                 # batches in the same (length-sorted) order, tokenization excluded
                 bare_dt = bare_forward(rr, items, torch, device)
