@@ -28,9 +28,10 @@ LEAD = ["dataset", "pipeline"]
 # Cost columns are the compute that produced the scores: work served from the cache counts
 # what it cost when it was computed (StageContext.stats `cached_compute_s`); `wall_s` is what
 # this execution took and `cache_hits` how much of it came from the cache.
+# `evidence_ratio`: runs that kept evidence (prism?explain=true), evidence over document tokens.
 TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "model_calls",
-        "llm_calls", "llm_tokens", "wall_s", "cache_hits", "models", "params", "config_hash", "rankify_version",
-        "git_commit", "date"]
+        "llm_calls", "llm_tokens", "evidence_ratio", "wall_s", "cache_hits", "models", "params", "config_hash",
+        "rankify_version", "git_commit", "date"]
 # counters stages may report (see StageContext.stats) that the leaderboard sums up
 CALL_KEYS = ("llm_calls", "calls")
 TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens")
@@ -120,7 +121,15 @@ def stage_cost(stage) -> float:
     return stage.seconds + float(stage.stats.get("cached_compute_s", 0.0) or 0.0)
 
 
-def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
+def evidence_ratio(explanations: list[dict]) -> str:
+    """Evidence tokens over document tokens, summed over the explanations that hold evidence
+    (explanations.jsonl's counts): the share of the documents' context an agent reads instead."""
+    kept = [e for e in explanations if isinstance(e.get("evidence_tokens"), int) and e.get("document_tokens")]
+    docs = sum(int(e["document_tokens"]) for e in kept)
+    return f"{sum(int(e['evidence_tokens']) for e in kept) / docs:.4f}" if docs else ""
+
+
+def leaderboard_row(result: PipelineResult, doc: dict, info: dict, explanations: list[dict] | None = None) -> dict:
     retrieve = sum(stage_cost(s) for s in result.stages if s.kind == "retriever")
     rerank = sum(stage_cost(s) for s in result.stages if s.kind == "reranker")
     total = retrieve + rerank
@@ -149,6 +158,9 @@ def leaderboard_row(result: PipelineResult, doc: dict, info: dict) -> dict:
         "config_hash": result.config_hash, "rankify_version": __version__, "git_commit": info["git_commit"],
         "date": info["date"],
     })
+    ratio = evidence_ratio(explanations or [])
+    if ratio:  # only runs that kept evidence get the column (columns() orders it by TAIL)
+        row["evidence_ratio"] = ratio
     return row
 
 
@@ -274,5 +286,5 @@ def write_results(result: PipelineResult, output: Path) -> dict:
     atomic_write(target / "run_info.json", to_json(info))
     atomic_write(target / "metrics.json", to_json(doc))
     crashpoint("before-leaderboard")
-    upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc, info))
+    upsert_leaderboard(output / "leaderboard.csv", leaderboard_row(result, doc, info, explanations))
     return {**doc, "run_info": info, "output_dir": str(target)}

@@ -20,7 +20,8 @@ decoder started with '<pad> Passage', two greedy tokens, exactly 'Passage A' / '
 Scoring: `scoring=generation` (default) parses the chat answer; `scoring=logprobs` renders the
 prompt as the reference's local path does (template pairwise-prp-local: chat template with the
 generation prompt, then " Passage:") and takes the letter whose token has the higher next-token
-log-probability (`label_logprobs`: hf, vllm, or openai on a vLLM server with tokenizer=).
+log-probability (`label_logprobs`: hf, vllm, or openai on a vLLM server with tokenizer=); equal
+log-probabilities are no answer (the reference's generation would pick by token id).
 
 Departure (named): an answer that names neither passage makes the reference assume "A"
 (OpenAiPairwiseLlmRanker._get_response); here that comparison is decided by first-stage rank
@@ -110,7 +111,9 @@ class Pairwise(LLMRerankerBase, Reranker):
             ctx.stats["pairwise_forward_calls"] += 1
             if ctx.store is not None and self.use_cache:
                 ctx.store.put_many("pairwise-logprobs", {key: list(hit)})
-        return "Passage A" if hit[0] >= hit[1] else "Passage B"
+        if hit[0] == hit[1] or any(v != v for v in hit):  # no preference: decided like an unusable answer
+            return ""
+        return "Passage A" if hit[0] > hit[1] else "Passage B"
 
     def seq2seq_answers(self, ctx: StageContext, reqs) -> list[ChatResponse]:
         """The reference's T5 path: each prompt tokenized as it is (the tokenizer's </s> added),

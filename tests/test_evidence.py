@@ -81,3 +81,71 @@ def test_fields_are_read_from_the_generation(tiny_prism):
     text = "\n<contribution>defines the term</contribution>\n<evidence>A cat is a small mammal.</evidence>"
     assert rr.parse(text) == {"contribution": "defines the term", "evidence": "A cat is a small mammal."}
     assert rr.parse("no tags here") == {"contribution": None, "evidence": None}
+
+
+def evidence_server(tok):
+    """A vLLM-style /v1/completions speaking token ids: label requests (prompt_logprobs) judge
+    every document relevant ('yes' likelier); generation requests answer the Prism way, with the
+    document's first eight words as its evidence."""
+    import re
+    import threading
+
+    from llm_server import _Server
+    from test_first import _Completions
+
+    doc_re = re.compile(r"<Document>: (.*?)<\|im_end\|>", re.DOTALL)
+
+    class Handler(_Completions):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            choices = []
+            for i, seq in enumerate(body["prompt"]):
+                if "prompt_logprobs" in body:
+                    lp = -0.1 if self.tok.decode([seq[-1]]) == "yes" else -3.0
+                    choices.append({"index": i, "text": "", "prompt_logprobs": [None] * (len(seq) - 1) +
+                                    [{str(seq[-1]): {"logprob": lp, "rank": 1}}]})
+                    continue
+                doc = doc_re.search(self.tok.decode(seq)).group(1)
+                text = (f"\n<contribution>states what the query asks</contribution>\n"
+                        f"<evidence>{' '.join(doc.split()[:8])}</evidence>")
+                ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+                choices.append({"index": i, "text": text, "logprobs": {"tokens": [f"token_id:{t}" for t in ids],
+                                                                        "token_logprobs": [-0.1] * len(ids)}})
+            self._send({"id": "cmpl", "object": "text_completion", "model": "prism", "choices": choices})
+
+    handler = type("H", (Handler,), {"tok": tok})
+    httpd = _Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+def test_leaderboard_evidence_ratio_from_explanations(tiny_prism, cli, tmp_path):
+    """`rankify run` with prism?explain=true writes explanations.jsonl; the leaderboard's
+    evidence_ratio is its evidence tokens over its document tokens (the context an agent
+    saves), and a run without evidence has no such column."""
+    from transformers import AutoTokenizer
+
+    httpd = evidence_server(AutoTokenizer.from_pretrained(tiny_prism))
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "3",
+                  "--query-ids", "19335,47923", "--reranker",
+                  f"prism:{tiny_prism}?explain=true&backend=openai&base_url={url}&served_model=prism",
+                  env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert res.code == 0, res
+    rows = [json.loads(line) for line in (Path(res.json()["output_dir"]) / "explanations.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["evidence"] and r["evidence_tokens"] < r["document_tokens"] for r in rows)
+    want = sum(r["evidence_tokens"] for r in rows) / sum(r["document_tokens"] for r in rows)
+    board = cli("leaderboard", "-o", str(tmp_path / "r"), "--json")
+    assert board.code == 0, board
+    (row,) = board.json()
+    assert 0 < row["evidence_ratio"] == pytest.approx(want, abs=5e-5)
+    plain = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q",
+                "--query-ids", "19335,47923", env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert plain.code == 0, plain
+    rows = cli("leaderboard", "-o", str(tmp_path / "r"), "--json").json()
+    ratios = {r["pipeline"].startswith("run:bm25 >> prism"): r["evidence_ratio"] for r in rows}
+    assert len(rows) == 2 and ratios == {True: row["evidence_ratio"], False: None}

@@ -262,3 +262,68 @@ def test_allpair_on_t5_equals_llm_rankers(tiny_prp_t5, dl19, monkeypatch):
     wins = sum(p in (("Passage A", "Passage B"), ("Passage B", "Passage A")) for p in pairs)
     assert set(answers) == {"Passage A", "Passage B"} and 0 < wins < 15, pairs
     assert [c.doc_id for c in got] != [d for d, _ in docs]
+
+
+def logprob_server(tok, oracle, mode):
+    """A vLLM-style /v1/completions answering prompt_logprobs for each prompt + label token: the
+    oracle gives the letter of the better-graded passage the higher log-probability (ties: A);
+    garbage gives both letters the same one."""
+    import re
+    import threading
+
+    from llm_server import _Server
+    from test_first import _Completions
+
+    pattern = re.compile(r'Passage A: "(.*)"\n\nPassage B: "(.*)"\n\nOutput Passage A or Passage B:', re.DOTALL)
+
+    class Handler(_Completions):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            type(self).requests += 1
+            choices = []
+            for i, seq in enumerate(body["prompt"]):
+                label = self.tok.decode([seq[-1]]).strip()
+                lp = -1.0
+                if self.mode == "oracle":
+                    a, b = pattern.search(self.tok.decode(seq[:-1])).groups()
+                    ga, gb = self.oracle.grades([a, b])[0]
+                    lp = -0.5 if (label == "A") == (ga >= gb) else -3.0
+                choices.append({"index": i, "text": "", "prompt_logprobs": [None] * (len(seq) - 1) +
+                                [{str(seq[-1]): {"logprob": lp, "rank": 1, "decoded_token": label}}]})
+            self._send({"id": "cmpl", "object": "text_completion", "model": "oracle", "choices": choices})
+
+    handler = type("H", (Handler,), {"tok": tok, "oracle": oracle, "mode": mode, "requests": 0})
+    httpd = _Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+def test_logprob_scoring_oracle_and_garbage_over_prompt_logprobs(tiny_qwen, cli, tmp_path, dl19):
+    """scoring=logprobs through the installed CLI on a vLLM-style server: the oracle's letter
+    log-probabilities reach the ideal nDCG@10 of the reranked head; equal ones are no answer,
+    so every comparison is a counted fallback and the first-stage order stays (0.5058)."""
+    from transformers import AutoTokenizer
+
+    qrels, cands, _ = dl19
+    top = 8
+    out = {}
+    for mode in ("oracle", "garbage"):
+        httpd = logprob_server(AutoTokenizer.from_pretrained(tiny_qwen), Oracle(qrels, cands), mode)
+        try:
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+            res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / mode), "--json", "-q", "--top-k",
+                      str(top), "--reranker", "pairwise:oracle?scoring=logprobs&method=heapsort&doc_max_tokens=400"
+                      f"&backend=openai&base_url={url}&tokenizer={tiny_qwen}", env={"RANKIFY_CACHE_DIR": str(tmp_path / f"c-{mode}")})
+        finally:
+            httpd.shutdown()
+            httpd.server_close()
+        assert res.code == 0, res
+        doc = res.json()
+        out[mode] = (doc, json.loads((Path(doc["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"])
+    doc, stats = out["oracle"]
+    assert doc["metrics"]["nDCG@10"] == pytest.approx(ideal_ndcg_of_head(qrels, cands, top), abs=1e-9)
+    assert stats["pairwise_forward_calls"] > 0 and not stats.get("llm_fallbacks")
+    assert len(stats["pairwise_per_query"]) == 43
+    doc, stats = out["garbage"]
+    assert round(doc["metrics"]["nDCG@10"], 4) == 0.5058
+    assert stats["llm_fallbacks"] == stats["pairwise_comparisons"] > 0
