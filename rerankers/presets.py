@@ -45,6 +45,12 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "e2rank-0.6b": ("e2rank", "Alibaba-NLP/E2Rank-0.6B", {}),
     "e2rank-4b": ("e2rank", "Alibaba-NLP/E2Rank-4B", {}),
     "e2rank-8b": ("e2rank", "Alibaba-NLP/E2Rank-8B", {}),
+    # evidence (Prism-Reranker: sigmoid(l_yes - l_no); explain=true keeps <contribution>/<evidence>)
+    "prism-qwen3.5-0.8b": ("prism", "infgrad/Prism-Qwen3.5-Reranker-0.8B", {}),
+    "prism-qwen3.5-2b": ("prism", "infgrad/Prism-Qwen3.5-Reranker-2B", {}),
+    "prism-qwen3.5-4b": ("prism", "infgrad/Prism-Qwen3.5-Reranker-4B", {"batch_size": 8}),
+    "prism-qwen3.5-9b": ("prism", "infgrad/Prism-Qwen3.5-Reranker-9B", {"batch_size": 4}),
+    "prism-qwen3-4b-exp": ("prism", "infgrad/Prism-Qwen3-Reranker-4B-exp", {"batch_size": 8}),
     # late interaction (ColBERT MaxSim; markers, lengths and skiplist come from the checkpoint)
     "colbertv2": ("late-interaction", "colbert-ir/colbertv2.0", {}),
     "answerai-colbert-small-v1": ("late-interaction", "answerdotai/answerai-colbert-small-v1", {}),

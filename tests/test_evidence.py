@@ -149,3 +149,28 @@ def test_leaderboard_evidence_ratio_from_explanations(tiny_prism, cli, tmp_path)
     rows = cli("leaderboard", "-o", str(tmp_path / "r"), "--json").json()
     ratios = {r["pipeline"].startswith("run:bm25 >> prism"): r["evidence_ratio"] for r in rows}
     assert len(rows) == 2 and ratios == {True: row["evidence_ratio"], False: None}
+
+
+def test_prompt_is_the_prism_authors_and_presets_name_their_checkpoints(tiny_prism):
+    """The prism template renders the prompt of the Prism authors' transformers usage (system
+    line, the training instruction asking for contribution and evidence, <Instruct>/<Query>/
+    <Document>, an empty think block), tokenized without added special tokens as theirs."""
+    from transformers import AutoTokenizer
+
+    instruction = ('Judge if the document is relevant to the query. Reply "yes" or "no".\nOn "yes", also emit:\n'
+                   "<contribution>One sentence covering every core point the document contributes to the query, "
+                   "without elaboration.</contribution>\n<evidence>Self-contained rewrite of the query-relevant "
+                   "content. Rules:\n- Faithful: rephrase only; add or infer nothing.\n- Self-contained: evidence "
+                   "alone must fully answer the query.\n- Concise: drop query-irrelevant background.\n- Verbatim (no "
+                   "translation): proper nouns, terms, abbreviations, numbers, dates, code, URLs.\n- Output language: "
+                   "multilingual doc \u2192 query's language; else doc's language.</evidence>")
+    query, doc = "boiling point of water", "Water boils at 100 C at sea level."
+    want = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+            f"provided. <|im_end|>\n<|im_start|>user\n<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+            "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    rr = registry.build("reranker", f"prism:{tiny_prism}")
+    assert rr.encode([(query, doc)])[0] == AutoTokenizer.from_pretrained(tiny_prism)(want)["input_ids"]
+    for preset, hub_id in (("prism-qwen3.5-0.8b", "infgrad/Prism-Qwen3.5-Reranker-0.8B"),
+                           ("prism-qwen3.5-9b", "infgrad/Prism-Qwen3.5-Reranker-9B"),
+                           ("prism-qwen3-4b-exp", "infgrad/Prism-Qwen3-Reranker-4B-exp")):
+        assert registry.RERANKER_PRESETS[preset][:2] == ("prism", hub_id)
