@@ -78,7 +78,8 @@ class RerankAPI(Reranker):
         if not urls:
             raise ConfigError("rerank-api needs a server: rerank-api:MODEL?base_url=http://HOST:PORT")
         self.model, self.protocol = model, protocol
-        self.client = HTTPClient(urls, api_key_env, timeout, max_retries, backoff)
+        self.client = HTTPClient(urls, api_key_env, timeout, max_retries, backoff,
+                                 retry_status=self.provider.retry if self.provider else frozenset())
         # TEI refuses more than 32 texts per request unless started with --max-client-batch-size
         self.concurrency = max(1, int(concurrency))
         limit = self.provider.max_documents if self.provider else None

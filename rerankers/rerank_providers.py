@@ -6,7 +6,8 @@ one entry; the request loop, cache and call log are rerank_api.RerankAPI's.
 Sources (the providers' public API references, read 2026-12-01):
 - Cohere v2: docs.cohere.com/reference/rerank, /docs/reranking-best-practices (1 to 10,000
   documents per request, query up to 2,048 tokens), /reference/errors; key CO_API_KEY
-  (the official SDK's variable).
+  (the official SDK's variable). 499 (request cancelled) is to be tried again, as the errors
+  reference says, so it is retried like a 5xx; other providers document no 499.
 - Jina: api.jina.ai/v1/rerank as documented on jina.ai/reranker (request and answer shapes;
   the same shape LocalAI and New API implement); key JINA_API_KEY. No per-request document
   limit was found in the pages read: 100 per request here is this toolkit's choice.
@@ -37,6 +38,7 @@ class Provider:
     max_documents: int  # per request, from the reference (or this toolkit's choice, see above)
     fixed: dict = field(default_factory=dict)  # constant request fields
     errors: dict = field(default_factory=dict)  # HTTP status -> what the reference says it means
+    retry: frozenset = frozenset()  # statuses beyond the client's usual ones that the reference says to retry
     reference: str = ""
 
     def payload(self, model: str, query: str, docs: list[str]) -> dict:
@@ -58,6 +60,7 @@ PROVIDERS: dict[str, Provider] = {
         errors={400: "invalid request (e.g. empty document list or query)", 401: "unauthorized",
                 402: "payment required", 404: "model not found", 429: "rate limit",
                 498: "invalid token", 499: "request cancelled", 500: "server error"},
+        retry=frozenset({499}),
         reference="https://docs.cohere.com/reference/rerank"),
     "jina": Provider(
         "jina", "https://api.jina.ai/v1", "/rerank", "JINA_API_KEY", "documents", "top_n", 100,

@@ -29,8 +29,10 @@ SHAPES = {
 
 
 class ServiceState:
-    def __init__(self, provider: str, oracle: Oracle | None, mode: str = "oracle", key: str | None = None):
+    def __init__(self, provider: str, oracle: Oracle | None, mode: str = "oracle", key: str | None = None,
+                 first: tuple[int, int] = (0, 0)):
         self.provider, self.oracle, self.mode, self.key = provider, oracle, mode, key
+        self.first = list(first)  # (n, status): the first n requests get that status (e.g. Cohere's 499)
         self.lock = threading.Lock()
         self.requests = 0
         self.documents: list[int] = []
@@ -98,6 +100,14 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != SHAPES[st.provider][0]:
             self._send(404, {"message": f"no route {self.path}"})
             return
+        with st.lock:
+            flaky = st.first[0] > 0
+            st.first[0] -= flaky
+        if flaky:
+            with st.lock:
+                st.refused[st.first[1]] += 1
+            self._send(st.first[1], {"message": "request cancelled"})
+            return
         if st.key is not None and auth != f"Bearer {st.key}":
             with st.lock:
                 st.refused[401] += 1
@@ -118,8 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
 class RerankService:
     """`with RerankService("voyage", oracle) as srv: srv.root` -> http://127.0.0.1:PORT"""
 
-    def __init__(self, provider: str, oracle: Oracle | None, mode: str = "oracle", key: str | None = None):
-        self.state = ServiceState(provider, oracle, mode, key)
+    def __init__(self, provider: str, oracle: Oracle | None, mode: str = "oracle", key: str | None = None,
+                 first: tuple[int, int] = (0, 0)):
+        self.state = ServiceState(provider, oracle, mode, key, first)
         self.httpd = _Server(("127.0.0.1", 0), type("H", (_Handler,), {"state": self.state}))
         self.root = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.base_url = self.root + SHAPES[provider][0].rsplit("/", 1)[0]  # the versioned root

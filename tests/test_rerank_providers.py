@@ -99,3 +99,21 @@ def test_request_shapes_are_the_providers():
                                 "return_documents": False, "truncation": True}
     assert shapes["mixedbread"] == {"model": "m", "query": "q", "input": ["a", "b"], "top_k": 2, "return_input": False}
     assert {p.key_env for p in PROVIDERS.values()} == {"CO_API_KEY", "JINA_API_KEY", "VOYAGE_API_KEY", "MXBAI_API_KEY"}
+
+
+def test_cohere_499_is_retried_where_other_providers_stop(cli, tmp_path, oracle):
+    """Cohere's errors reference says a 499 (request cancelled) is to be tried again: the run
+    retries it and finishes with the oracle's numbers; Voyage documents no 499, so there it is a
+    one-line refusal like any other 4xx."""
+    with RerankService("cohere", oracle, key=KEY, first=(3, 499)) as srv:
+        res = run(cli, tmp_path, f"cohere-rerank-v3.5?base_url={srv.base_url}&backoff=0.01&concurrency=1",
+                  {"CO_API_KEY": KEY})
+        assert res.code == 0, res
+        assert srv.state.refused == {499: 3} and srv.state.requests == 43 + 3
+    assert round(res.json()["metrics"]["nDCG@10"], 4) == IDEAL_DL19
+    stats = json.loads((Path(res.json()["output_dir"]) / "run_info.json").read_text())["stages"][-1]["stats"]
+    assert stats["rerank_api_calls"] == 43
+    with RerankService("voyage", oracle, first=(1, 499)) as srv:
+        res = run(cli, tmp_path, f"voyage-rerank-2.5?base_url={srv.base_url}&backoff=0.01&concurrency=1",
+                  {"VOYAGE_API_KEY": KEY}, "voyage")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and "HTTP 499" in res.err, res

@@ -7,8 +7,9 @@ The budget, as documented in the README:
   off as surely as one that never answers);
 * a response larger than `max_response_bytes` is cut off;
 * one call makes at most `max_retries + 1` attempts (retrying HTTP 408/409/425/429/500/502/503/
-  504, connection errors, timeouts, oversized bodies and 200 answers without the protocol's
-  shape) and takes at most `timeout x (max_retries + 1)` seconds in all, backoff included;
+  504 and any a provider's reference marks retryable (Cohere's 499), connection errors,
+  timeouts, oversized bodies and 200 answers without the protocol's shape) and takes at most
+  `timeout x (max_retries + 1)` seconds in all, backoff included;
 * once a call gives up, the client is broken: calls in flight are cut off and later calls fail at
   once with the same message, so a run ends within one call's budget.
 The message is one line naming the server and what it did; every server text in it is redacted
@@ -242,7 +243,8 @@ class HTTPClient:
     RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
     def __init__(self, base_urls: list[str], api_key_env: str | None, timeout: float, max_retries: int,
-                 backoff: float, max_backoff: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
+                 backoff: float, max_backoff: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 retry_status: frozenset[int] = frozenset()):
         if not base_urls:
             raise ConfigError("the openai backend needs a server: pass base_url=http://HOST:PORT/v1 "
                               "(or --base-url, or set OPENAI_BASE_URL)")
@@ -256,6 +258,8 @@ class HTTPClient:
         if retries != int(retries):
             raise ValueError(f"max_retries must be a whole number (got {max_retries!r})")
         self.max_retries = int(retries)
+        # a provider whose reference says a status of its own is worth retrying adds it (Cohere's 499)
+        self.retry_status = self.RETRY_STATUS | set(retry_status)
         self.backoff = _number("backoff", backoff, 0)
         self.max_backoff = _number("max_backoff", max_backoff, 0)
         self.max_response_bytes = int(_number("max_response_bytes", max_response_bytes, 1))
@@ -378,7 +382,7 @@ class HTTPClient:
                             raise _Fault(f"answered 200 with an error object: {_snippet(json.dumps(parsed['error']))}")
                         raise _Fault(f"answered 200 without {problem}")
                     return (status, parsed) if accept_4xx else (parsed, attempt + 1, attempt)
-                if status in self.RETRY_STATUS:
+                if status in self.retry_status:
                     raise _Fault(f"answered HTTP {status}: {_snippet(data)}", retry_after=headers.get("retry-after"))
                 if 300 <= status < 400:
                     raise _Fault(f"redirected (HTTP {status}) to {headers.get('location', '?')}; redirects are not "
