@@ -1,20 +1,27 @@
-"""Groupwise LLM reranking (GroupRank, AQ-MedAI/Diver).
+"""Groupwise LLM reranking (GroupRank, AQ-MedAI/Diver `Reranker/rerank_groupwise.py`).
 
 Candidates are shuffled into non-overlapping groups (default 20); for each group the model
 writes brief reasoning and then a JSON object `{"[i]": score}` with 0-10 scores. Scores are
-divided by 10 and averaged over `repeats` seeded shuffles (default 6). Broken JSON is repaired
-where the reference repairs it (a doubled closing bracket in a key, a missing closing brace);
-a group that still cannot be parsed gives all its documents the lowest score (0) for that
-shuffle and is counted (parse failure + fallback). A document a parsed group leaves out gets
-no score from that group (counted as `missing_scores`), as in the reference.
-
-The final score fuses the reranker with the first-stage score, both min-max normalised per
-query: alpha x rerank + (1 - alpha) x retriever (default alpha 0.6; alpha=1 turns fusion off).
+divided by 10 and averaged over `repeats` shuffles (default 6). As the reference:
+- the shuffles come from one stream seeded 666 for the run: for each repeat, each query (in
+  the order given) shuffles its current order in place (`shuffle=query`: a seeded stream per
+  query and repeat, independent of the other queries);
+- broken JSON is repaired where the reference repairs it (a doubled closing bracket in a
+  key, a missing closing brace); a group whose answer still cannot be read, or with any key
+  that names no document of the group (Python indexing, so `[0]` is its last) or a score that
+  is not a number, gives every document of the group 0 for that shuffle (counted: parse
+  failure + fallback); a document a parsed group leaves out gets no score from it (counted
+  as `missing_scores`), one never scored ranks below all scored ones (the reference drops it);
+- the final score is alpha x rerank + (1 - alpha) x the raw first-stage score (alpha 0.6;
+  `fusion=minmax` normalises both per query first; alpha=1 turns fusion off);
+- the reference samples (temperature 0.3, top-p 0.8, the template's decoding, sent by
+  backend=openai); hf and vllm decode greedily.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from typing import Sequence
@@ -53,6 +60,24 @@ def parse_group_scores(text: str, answer_pattern: str = r"<answer>(.*?)</answer>
     return obj
 
 
+def group_scores(obj: dict, group: Sequence[int], scale: float = 10.0) -> list[tuple[int, float]]:
+    """(candidate, score / scale) for every key of a parsed answer, as the reference reads them
+    (`dids[int(key.strip().strip('[]')) - 1]`, `score / 10`); ValueError if any key names no
+    document of the group or any score is not a finite number (the whole group then scores 0)."""
+    out = []
+    for key, val in obj.items():
+        try:
+            pos = int(str(key).strip().strip("[]")) - 1
+        except ValueError:
+            raise ValueError(f"key {key!r} is not a document number") from None
+        if not -len(group) <= pos < len(group):
+            raise ValueError(f"key {key!r} names no document of a group of {len(group)}")
+        if not isinstance(val, (int, float)) or not math.isfinite(val):  # NaN would leave the order undefined
+            raise ValueError(f"score {val!r} is not a number")
+        out.append((group[pos], float(val) / scale))
+    return out
+
+
 def minmax(values: Sequence[float]) -> list[float]:
     if not values:
         return []
@@ -68,7 +93,7 @@ class Groupwise(LLMRerankerBase, Reranker):
     default_template = "groupwise-grouprank"
 
     def __init__(self, model: str = "", template: str | None = None, group_size: int = 20, repeats: int = 6,
-                 shuffle_seed: int = 666, alpha: float = 0.6,
+                 shuffle_seed: int = 666, alpha: float = 0.6, fusion: str = "raw", shuffle: str = "run",
                  backend: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int = 16, timeout: float = 300.0, max_retries: int = 6, backoff: float = 0.5,
                  log_calls: str | None = None, max_new_tokens: int | None = None, temperature: float | None = None,
@@ -80,6 +105,11 @@ class Groupwise(LLMRerankerBase, Reranker):
             raise ValueError(f"need group_size >= 1 and repeats >= 1 (got {group_size}, {repeats})")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha (the reranker's weight in the fusion) must be in [0, 1], got {alpha}")
+        if fusion not in ("raw", "minmax"):
+            raise ValueError(f"fusion must be raw or minmax (got {fusion!r})")
+        if shuffle not in ("run", "query"):
+            raise ValueError(f"shuffle must be run or query (got {shuffle!r})")
+        self.fusion, self.shuffle = fusion, shuffle
         self.group_size, self.repeats = int(group_size), int(repeats)
         self.shuffle_seed, self.alpha = int(shuffle_seed), float(alpha)
         self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
@@ -90,7 +120,7 @@ class Groupwise(LLMRerankerBase, Reranker):
     def config(self) -> dict:
         return {"family": "groupwise", **self.backend.identity(), **self._template_config(),
                 "group_size": self.group_size, "repeats": self.repeats, "shuffle_seed": self.shuffle_seed,
-                "alpha": self.alpha, "doc_max_chars": self.doc_max_chars, **self._decoding_config()}
+                "alpha": self.alpha, "fusion": self.fusion, "shuffle": self.shuffle, "doc_max_chars": self.doc_max_chars, **self._decoding_config()}
 
     def _doc(self, text: str) -> str:
         if self.template.get("collapse_newlines", True):
@@ -106,6 +136,7 @@ class Groupwise(LLMRerankerBase, Reranker):
         return msgs
 
     def groups(self, qid: str, n: int) -> list[list[int]]:
+        """shuffle=query: this query's groups, from a stream of its own."""
         out = []
         for r in range(self.repeats):
             idx = list(range(n))
@@ -113,10 +144,23 @@ class Groupwise(LLMRerankerBase, Reranker):
             out.extend(idx[s:s + self.group_size] for s in range(0, n, self.group_size))
         return out
 
-    def _plan(self, caller, query: Query, cands: list[Candidate]) -> Plan:
+    def run_groups(self, items: Sequence[tuple[Query, list[Candidate]]]) -> dict[str, list[list[int]]]:
+        """shuffle=run: every query's groups from one stream, as the reference draws them
+        (repeat by repeat, query by query, each shuffling its previous order in place)."""
+        rng = random.Random(self.shuffle_seed)
+        order = {q.id: list(range(len(c))) for q, c in items}
+        out: dict[str, list[list[int]]] = {q.id: [] for q, _ in items}
+        for _ in range(self.repeats):
+            for q, _c in items:
+                idx = order[q.id]
+                rng.shuffle(idx)
+                out[q.id].extend(idx[s:s + self.group_size] for s in range(0, len(idx), self.group_size))
+        return out
+
+    def _plan(self, caller, query: Query, cands: list[Candidate], groups: list[list[int]] | None = None) -> Plan:
         n = len(cands)
         texts = [self._doc(c.text) for c in cands]
-        groups = self.groups(query.id, n)
+        groups = groups if groups is not None else self.groups(query.id, n)
         responses = yield [self._request(self.messages(query.text, [texts[i] for i in g])) for g in groups]
         parser = self.template.get("parser") or {}
         pattern = parser.get("answer_pattern", r"<answer>(.*?)</answer>")
@@ -124,31 +168,33 @@ class Groupwise(LLMRerankerBase, Reranker):
         got: list[list[float]] = [[] for _ in range(n)]
         for g, resp in zip(groups, responses):
             try:
-                obj = parse_group_scores(resp.text, pattern)
+                scored = group_scores(parse_group_scores(resp.text, pattern), g, scale)
             except ValueError:
                 caller.count(query.id, parse_failures=1, fallbacks=1)
-                for i in g:
-                    got[i].append(0.0)  # the lowest score
-                continue
-            seen = set()
-            for key, val in obj.items():
-                try:
-                    local = int(str(key).strip().strip("[]")) - 1
-                    score = float(val) / scale
-                except (TypeError, ValueError):
-                    continue
-                if 0 <= local < len(g) and local not in seen and score == score:
-                    seen.add(local)
-                    got[g[local]].append(score)
-            if len(seen) < len(g):
-                caller.count(query.id, missing_scores=len(g) - len(seen))
-        rr = [sum(v) / len(v) if v else 0.0 for v in got]
-        if self.alpha < 1.0:
-            final = [self.alpha * a + (1 - self.alpha) * b for a, b in zip(minmax(rr), minmax([c.score for c in cands]))]
-        else:
-            final = rr
+                scored = [(i, 0.0) for i in g]  # the reference: the whole group scores 0
+            for i, score in scored:
+                got[i].append(score)
+            missing = len(set(g) - {i for i, _ in scored})
+            if missing:
+                caller.count(query.id, missing_scores=missing)
+        rr = [sum(v) / len(v) if v else None for v in got]
+        seen = [i for i in range(n) if rr[i] is not None]
+        first = [cands[i].score for i in seen]
+        if self.alpha >= 1.0:
+            fused = [rr[i] for i in seen]
+        elif self.fusion == "minmax":
+            fused = [self.alpha * a + (1 - self.alpha) * b for a, b in zip(minmax([rr[i] for i in seen]), minmax(first))]
+        else:  # the reference: 0.6 * rerank + 0.4 * the retriever's own score
+            fused = [self.alpha * rr[i] + (1 - self.alpha) * b for i, b in zip(seen, first)]
+        final = [0.0] * n
+        for i, f in zip(seen, fused):
+            final[i] = f
+        floor = min(fused, default=0.0)
+        for rank, i in enumerate(i for i in range(n) if rr[i] is None):  # never scored: below, first-stage order
+            final[i] = floor - 1.0 - rank
         return [Candidate(c.doc_id, float(s), c.text) for c, s in zip(cands, final)]
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)
-        return drive(items, lambda q, c: self._plan(caller, q, c), caller, ctx, self.concurrency)
+        groups = self.run_groups(items) if self.shuffle == "run" else {}
+        return drive(items, lambda q, c: self._plan(caller, q, c, groups.get(q.id)), caller, ctx, self.concurrency)
