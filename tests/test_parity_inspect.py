@@ -56,3 +56,55 @@ def test_inspect_listwise_windows_render_as_the_model_receives_them(cli, tiny_qw
         assert w["text"] == text and w["token_ids"] == tok(text)["input_ids"]
         user = w["messages"][-1]["content"]  # RankZephyr (the default): one user turn, 20 '[i] passage' lines
         assert len(w["messages"]) == 2 and all(f"\n[{i}] " in user for i in range(2, 21))
+
+
+# E2Rank golden inputs: Alibaba-NLP/E2Rank src/eval.py at commit 478f298e04cc03b643c715b258e66f3741dfd694,
+# EvalModel.__call__ run outside the project (vLLM replaced by a recorder of what it is asked to
+# embed; eval.sh's --rank-method listwise, window = topk = 100, so one call on the whole list) on
+# the same candidates: DL19's staged BM25 top-100 of query 1037798, SciFact's BM25 top-100 of claim
+# 1 (title + body), the tokenizer's chat template CHATML below. "dataset-prompt": the same after
+# set_prompt_template("scifact") (eval.py does that for --rank-method embedding only).
+E2RANK_GOLDEN = {
+    ("dl19", "1037798", ""): ("72597c99925566b7f228cff9483221cfbb561ec7a61ca46dcc29308bcbcbd257", 6756,
+                              "aef23d0062bc2fb428d794d83392356a65e7679db16621ecf5cecf4ee47db3d1"),
+    # (without prompts=dataset, reference default: pseudo-query 2a8a25b79f119687cd1754c7d5c5d65d55e139841fbcfa1619af328b6f950b22,
+    # 37,334 characters, same documents; not run here to save a CLI call, the web-search prompt is DL19's)
+    ("scifact", "1", "?prompts=dataset"): ("da8a43698ffcf87168d42ee99f1146e29e5f1faea179c839db704386cff2d858", 37350,
+                                           "ed9982787cb6574793010fcb81756f8698ce8bc6b3d86ff500d9d0c7c580a0e8"),
+}
+
+
+@pytest.fixture(scope="module")
+def e2rank_folder(tmp_path_factory):
+    """A Qwen-style folder as E2Rank's: CHATML chat template (thinking switched off by
+    enable_thinking=False), 40,960 positions as Qwen3-0.6B, so no cap shortens the pseudo-query."""
+    from transformers import Qwen2Config
+
+    from tests.test_neural_rerankers import CHATML, _byte_bpe_tokenizer
+
+    tok = _byte_bpe_tokenizer(["Given a web search query and some relevant documents", "Search Query"])
+    assert tok.chat_template == CHATML
+    path = tmp_path_factory.mktemp("e2rank")
+    Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=40960).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_e2rank_inputs_equal_the_reference_eval_py_golden(cli, e2rank_folder):
+    import hashlib
+
+    compared = 0
+    for (dataset, qid, opts), (pseudo_sha, pseudo_chars, docs_sha) in E2RANK_GOLDEN.items():
+        retriever = "run:bm25" if dataset == "dl19" else "bm25"
+        doc = _inspect(cli, "-d", dataset, "-r", retriever, "--reranker", f"e2rank:{e2rank_folder}{opts}",
+                       "--top-k", "100", "--query", qid)
+        pseudo, docs = doc["inputs"][0], doc["inputs"][1:]
+        assert pseudo["role"] == "pseudo-query" and len(pseudo["doc_ids"]) == 20 and len(docs) == 100
+        assert len(pseudo["text"]) == pseudo_chars
+        assert hashlib.sha256(pseudo["text"].encode()).hexdigest() == pseudo_sha, (dataset, opts)
+        assert hashlib.sha256(json.dumps([d["text"] for d in docs]).encode()).hexdigest() == docs_sha, (dataset, opts)
+        assert not doc["stats"].get("shortened_pseudo_queries")
+        compared += 1
+    print(f"\nparity E2Rank inputs vs eval.py golden (DL19 1037798; SciFact 1, its own prompt): {compared} "
+          "pseudo-queries and their 100 documents equal")
