@@ -246,7 +246,7 @@ def test_rankzephyr_hf_token_ids_equal_what_rank_llm_hands_vllm(tiny_zephyr, mon
 
     monkeypatch.setattr(model, "generate", capture)
     lists = {"windows": 0, "cut": 0}
-    qids = sorted(cands)[:2]
+    qids = sorted(cands)[:1]
     queries = dict(line.split("\t", 1) for line in
                    (Path(rr_data()) / "trec-dl/dl19-passage/queries.tsv").read_text().splitlines())
     for qid in qids:
