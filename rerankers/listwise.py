@@ -107,11 +107,12 @@ class Listwise(LLMRerankerBase, Reranker):
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_words: int | None = None,
                  scores: str = "position", context_size: int | None = None, exact_answer: bool | None = None,
-                 cache: bool = True):
+                 cache: bool = True, explain: bool = False):
         if scores not in ("position", "rank"):
             raise ValueError(f"scores must be position (rank_llm: the first-stage score of the place) or rank, "
                              f"got '{scores}'")
         self.scores = scores
+        self.explain = bool(explain)
         if int(window) < 2 or int(stride) < 1 or int(stride) > int(window):
             raise ValueError(f"need window >= 2 and 1 <= stride <= window (got {window}, {stride})")
         self.window, self.stride = int(window), int(stride)
@@ -145,7 +146,8 @@ class Listwise(LLMRerankerBase, Reranker):
                 "context_size": self.context_size or None,
                 **({"token_counts": "tiktoken-cl100k"} if self._counts_with_tiktoken() else {}),
                 "exact_answer": self.exact_answer, **self._decoding_config(),
-                **({} if self.send_max_tokens or self.exact_answer else {"max_new_tokens": None})}
+                **({} if self.send_max_tokens or self.exact_answer else {"max_new_tokens": None}),
+                **({"explain": True} if self.explain else {})}
 
     def _counts_with_tiktoken(self) -> bool:
         """RankGPT's path: HTTP, no tokenizer of the model named."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ Plan = Generator[list[ChatRequest], list[ChatResponse], list[Candidate]]
 # Parsers read at most the last this many characters of a model's answer: the answer tags and
 # permutations sit at the end, and regex work stays bounded on a runaway 1 MB completion.
 MAX_PARSED_CHARS = 65_536
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def load_template(name: str, paradigm: str) -> tuple[str, dict]:
@@ -131,8 +133,10 @@ class Caller:
     call at once, logs it, and counts calls, tokens and outcomes per query."""
 
     def __init__(self, backend: Backend, ctx: StageContext, paradigm: str, template: str, log_path: str | None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, explain: bool = False):
         self.backend, self.ctx, self.paradigm, self.template = backend, ctx, paradigm, template
+        self.explain = explain  # keep each answer's <think> reasoning for explanations.jsonl
+        self.explanations: list[dict] = []
         self.store = ctx.store if use_cache else None
         # One thread at a time talks to the cache: Store opens a connection per thread and
         # switches it to WAL, which sqlite may refuse ("database is locked") when many
@@ -187,7 +191,32 @@ class Caller:
         else:
             for c in chunks:
                 self._finish(tagged, keys, out, c)
+        if self.explain:
+            self._keep_reasoning(tagged, out)
         return out  # type: ignore[return-value]
+
+    def _keep_reasoning(self, tagged, out) -> None:
+        """Each answer's reasoning (`<think>...</think>`, or all before a lone `</think>` when the
+        chat template opened the tag), with its token count where the tokenizer is known."""
+        tok = self.backend.chat_tokenizer()
+        for (qid, _), res in zip(tagged, out):
+            text = res.text
+            m = THINK.search(text)
+            if m is None and "</think>" not in text:
+                self.count(qid, without_reasoning=1)
+                continue
+            reasoning = (m.group(1) if m else text[: text.index("</think>")]).strip()
+            answer = text[text.rindex("</think>") + len("</think>"):].strip()
+            n = None
+            if tok is not None:
+                from .backends.base import TOKENIZER_LOCK
+
+                with TOKENIZER_LOCK:
+                    n = len(tok(reasoning, add_special_tokens=False)["input_ids"])
+            with self._lock:
+                calls = sum(1 for e in self.explanations if e["query_id"] == qid)
+                self.explanations.append({"query_id": qid, "call": calls + 1, "reasoning": reasoning,
+                                          "answer": answer, "reasoning_tokens": n})
 
     def _finish(self, tagged, keys, out, chunk) -> None:
         """Run the requests at positions `chunk` on the backend, then cache, count and log them."""
@@ -215,6 +244,9 @@ class Caller:
             self.ctx.stats[k] = v
         self.ctx.stats["llm_per_query"] = {q: {k: c.get(k, 0) for k in PER_QUERY_KEYS} for q, c in
                                            sorted(self.per_query.items())}
+        if self.explain:  # written as explanations.jsonl beside the run, not in run_info
+            self.ctx.stats["explanations_written"] = len(self.explanations)
+            self.ctx.stats["explanations"] = sorted(self.explanations, key=lambda e: (e["query_id"], e["call"]))
 
 
 def drive(items: Sequence[tuple[Query, list[Candidate]]], plan: Callable[[Query, list[Candidate]], Plan],
@@ -335,10 +367,13 @@ class LLMRerankerBase:
                            int(min_new_tokens))
 
     def _caller(self, ctx: StageContext) -> Caller:
-        return Caller(self.backend, ctx, self.paradigm, self.template_name, self.log_calls, self.use_cache)
+        return Caller(self.backend, ctx, self.paradigm, self.template_name, self.log_calls, self.use_cache,
+                      explain=bool(getattr(self, "explain", False)))
 
 
 COMMON_DOC = """Common options: backend=hf|vllm|openai, base_url (several with '|'), api_key_env (default
 OPENAI_API_KEY), concurrency (queries in flight, openai backend), timeout, max_retries, backoff,
 log_calls=path.jsonl, template, max_new_tokens, temperature/top_p/seed (HTTP; hf is greedy),
-revision/device/dtype/batch_size/gguf_file (hf), tokenizer (openai: for token truncation)."""
+revision/device/dtype/batch_size/gguf_file (hf), tokenizer (openai: for token truncation);
+listwise and setwise: explain=true keeps each answer's <think> reasoning in explanations.jsonl
+beside the run, with its token count."""

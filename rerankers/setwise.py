@@ -68,7 +68,7 @@ class Setwise(LLMRerankerBase, Reranker):
                  device: str | None = None, dtype: str | None = None, batch_size: int = 4,
                  gguf_file: str | None = None, tokenizer: str | None = None, doc_max_tokens: int | None = None,
                  query_max_tokens: int | None = None, shuffle: str = "run", shuffle_seed: int = 929,
-                 fallback: str = "parent", adapter: str | None = None, cache: bool = True):
+                 fallback: str = "parent", adapter: str | None = None, cache: bool = True, explain: bool = False):
         if int(set_size) < 2 or int(k) < 1:
             raise ValueError(f"need set_size >= 2 and k >= 1 (got {set_size}, {k})")
         if shuffle not in SHUFFLES:
@@ -76,6 +76,7 @@ class Setwise(LLMRerankerBase, Reranker):
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)} (got {fallback!r})")
         self.set_size, self.k = int(set_size), int(k)
+        self.explain = bool(explain)
         self.num_child = self.set_size - 1
         self.shuffle, self.shuffle_seed, self.fallback = shuffle, int(shuffle_seed), fallback
         self._init_backend(model, template, backend, base_url, api_key_env, concurrency, timeout, max_retries,
@@ -102,7 +103,7 @@ class Setwise(LLMRerankerBase, Reranker):
                 "k": self.k, "method": "heapsort", "query_max_tokens": self.query_max_tokens or "by dataset",
                 "doc_max_tokens": self.doc_max_tokens or "by dataset", "lengths_by_dataset": rule,
                 "shuffle": self.shuffle, "shuffle_seed": self.shuffle_seed, "fallback": self.fallback,
-                **self._decoding_config()}
+                **self._decoding_config(), **({"explain": True} if self.explain else {})}
 
     def truncate(self, text: str, n: int) -> str:
         """llm-rankers' truncate: the first n tokens, joined back (convert_tokens_to_string)."""

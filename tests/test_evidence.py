@@ -174,3 +174,57 @@ def test_prompt_is_the_prism_authors_and_presets_name_their_checkpoints(tiny_pri
                            ("prism-qwen3.5-9b", "infgrad/Prism-Qwen3.5-Reranker-9B"),
                            ("prism-qwen3-4b-exp", "infgrad/Prism-Qwen3-Reranker-4B-exp")):
         assert registry.RERANKER_PRESETS[preset][:2] == ("prism", hub_id)
+
+
+def test_setwise_and_listwise_reasoning_go_to_explanations(cli, tmp_path):
+    """explain=true keeps each LLM answer's <think> reasoning the way prism keeps evidence:
+    setwise through the installed CLI against the loopback server (its oracle reasons
+    'grades [...]' before its answer), one record per call with its number and token count;
+    listwise in-process with answers whose reasoning precedes the permutation."""
+    from conftest import DATA
+    from llm_server import LLMServer, Oracle
+
+    from rankify_cli.rerankers.backends.base import Backend, ChatResponse
+    from rankify_cli.types import StageContext
+
+    qrels, cands = load_trec_dl("dl19", str(DATA))
+    with LLMServer(Oracle(qrels, cands), mode="oracle") as srv:
+        res = cli("run", "-d", "dl19", "-r", "run:bm25", "-o", str(tmp_path / "r"), "--json", "-q", "--top-k", "8",
+                  "--query-ids", "19335,47923", "--reranker",
+                  f"setwise:oracle-model?backend=openai&base_url={srv.url}&set_size=4&k=2&explain=true",
+                  env={"RANKIFY_CACHE_DIR": str(tmp_path / "c")})
+    assert res.code == 0, res
+    out = Path(res.json()["output_dir"])
+    stats = json.loads((out / "run_info.json").read_text())["stages"][-1]["stats"]
+    rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    assert len(rows) == stats["llm_calls"] + stats.get("llm_cache_hits", 0) == stats["explanations_written"] > 2
+    for qid in ("19335", "47923"):
+        mine = [r for r in rows if r["query_id"] == qid]
+        assert [r["call"] for r in mine] == list(range(1, len(mine) + 1))
+    assert all(r["stage"] == 2 and r["reasoning"].startswith("grades [") and r["answer"].startswith("<answer>[")
+               for r in rows)
+    assert "explanations" not in stats
+
+    class Reasoner(Backend):
+        kind, tokenizer_name = "fake", None
+
+        def identity(self):
+            return {"backend": "fake"}
+
+        def chat(self, requests):
+            return [ChatResponse("<think>the second passage names the query's terms</think>\n[2] > [1]")
+                    for _ in requests]
+
+    for explain in (True, False):
+        rr = registry.build("reranker", f"listwise:m?backend=openai&base_url=http://127.0.0.1:9&window=2&stride=1"
+                                        f"&context_size=0&cache=false&explain={str(explain).lower()}")
+        rr.backend = Reasoner()
+        ctx = StageContext()
+        got = rr.rerank_all([(Query("q", "what is a cat"), [Candidate("a", 2.0, "Stocks rose."),
+                                                             Candidate("b", 1.0, "A cat is a mammal.")])], ctx)[0]
+        assert [c.doc_id for c in got] == ["b", "a"]
+        if explain:
+            assert ctx.stats["explanations"] == [{"query_id": "q", "call": 1, "answer": "[2] > [1]", "reasoning_tokens":
+                                                  None, "reasoning": "the second passage names the query's terms"}]
+        else:
+            assert "explanations" not in ctx.stats
