@@ -242,6 +242,48 @@ def test_llm_families_on_smollm2_served_by_vllm(cli, tmp_path, vllm):
               f"completion tokens {stats['llm_completion_tokens']}, fallbacks {stats.get('llm_fallbacks', 0)}")
 
 
+def test_label_logprob_families_on_smollm2_equal_hf(vllm):
+    """Pairwise scoring=logprobs and FIRST read the label tokens' next-token log-probabilities from
+    vLLM's prompt_logprobs on the SmolLM2 server; the same token ids on the hf backend (same
+    fp32 weights) give the same values, so the same letters and window order (a DL19 query:
+    allpair over its top-3, one FIRST window of 3)."""
+    from rankify_cli import registry
+    from rankify_cli.types import Candidate, Query, StageContext
+
+    from .test_neural_rerankers import dl19_items
+
+    path, server = vllm["smollm2"]
+    # the first query whose top-3 passages differ in their opening words (264014's two near-copies
+    # make equal prompts, whose tied letters are no answer)
+    q, t, docs = next((q, t, docs) for q, (t, docs) in dl19_items(3).items()
+                      if len({" ".join(x.split()[:12]) for _, x in docs}) == 3)
+    items = [(Query(q, t), [Candidate(d, 0.0, x) for d, x in docs])]
+    remote = f"backend=openai&base_url={server.url}&tokenizer={path}&concurrency=1"
+    families = {"pairwise": "scoring=logprobs&method=allpair&k=3&doc_max_tokens=32",
+                "first": "window=3&stride=1&doc_max_words=20&context_size=0"}
+    for family, opts in families.items():
+        seen, orders = {}, {}
+        for side, spec in (("hf", f"{family}:{path}?{opts}&dtype=float32&cache=false"),
+                           ("vllm", f"{family}:smollm2?{opts}&{remote}&cache=false")):
+            rr = registry.build("reranker", spec)
+            real, calls = rr.backend.label_logprobs, {}
+
+            def record(prompts, labels, _real=real, _calls=calls, **kw):
+                values = _real(prompts, labels, **kw)
+                _calls.update({(tuple(p), tuple(labels)): v for p, v in zip(prompts, values)})
+                return values
+
+            rr.backend.label_logprobs = record
+            out = rr.rerank_all(items, StageContext())
+            seen[side], orders[side] = calls, [[c.doc_id for c in r] for r in out]
+        assert set(seen["hf"]) == set(seen["vllm"])  # the same token ids asked
+        assert len(seen["hf"]) == {"pairwise": 6, "first": 1}[family]
+        diff = max(abs(a - b) for k in seen["hf"] for a, b in zip(seen["hf"][k], seen["vllm"][k]))
+        print(f"{family} label log-probabilities, vLLM prompt_logprobs vs hf on SmolLM2-135M: {len(seen['hf'])} "
+              f"prompts, max |diff| {diff:.2e}; orders {orders['hf']} / {orders['vllm']}")
+        assert diff <= 2e-3 and orders["hf"] == orders["vllm"]
+
+
 def test_in_process_vllm_backend_equals_the_server(cli, tmp_path, vllm):
     py = require_vllm()
     from .test_llm_local import mini_dl19
