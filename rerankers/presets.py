@@ -69,6 +69,16 @@ PRESETS: dict[str, tuple[str, str, dict]] = {
     "rank-r1-3b": ("setwise", "Qwen/Qwen2.5-3B-Instruct", {"adapter": "ielabgroup/Rank-R1-3B-v0.1"}),
     "rank-r1-7b": ("setwise", "Qwen/Qwen2.5-7B-Instruct", {"adapter": "ielabgroup/Rank-R1-7B-v0.1"}),
     "rank-r1-14b": ("setwise", "Qwen/Qwen2.5-14B-Instruct", {"adapter": "ielabgroup/Rank-R1-14B-v0.1"}),
+    # ProRank (arXiv 2506.03487) is the training recipe of mixedbread's v2 rerankers: its released
+    # checkpoints are mxbai-rerank-base-v2 (0.5B) and -large-v2 (1.5B), scored by mixedbread's rule
+    "prorank-0.5b": ("logit-pair", "mixedbread-ai/mxbai-rerank-base-v2", {"template": "mxbai-v2"}),
+    "prorank-1.5b": ("logit-pair", "mixedbread-ai/mxbai-rerank-large-v2", {"template": "mxbai-v2", "batch_size": 8}),
+    # RankGPT: rank_llm's RankGPT prompt over OpenAI's API (any chat model: rankgpt-gpt-4:MODEL,
+    # or base_url= for another server); key from OPENAI_API_KEY
+    "rankgpt-gpt-4": ("listwise", "gpt-4", {"template": "listwise-rankgpt", "backend": "openai",
+                                            "base_url": "https://api.openai.com/v1"}),
+    "rankgpt-gpt-3.5-turbo": ("listwise", "gpt-3.5-turbo", {"template": "listwise-rankgpt", "backend": "openai",
+                                                            "base_url": "https://api.openai.com/v1"}),
     # LLM listwise / groupwise (hf backend by default; --backend openai for a served model)
     "rankzephyr": ("listwise", "castorini/rank_zephyr_7b_v1_full", {"template": "listwise-rankzephyr"}),
     "diver-grouprank-7b": ("groupwise", "AQ-MedAI/Diver-GroupRank-7B", {"template": "groupwise-grouprank"}),
@@ -91,6 +101,16 @@ PUBLISHED: dict[str, str] = {
     "e2rank-4b": "DL19 70.44, DL20 70.64, BEIR-8 54.14 (BM25 top-100, K=20)",
     "e2rank-8b": "DL19 72.95, DL20 71.16, BEIR-8 54.35 (BM25 top-100, K=20)",
     "rankzephyr": "DL19 0.7365, DL20 0.7080 (BM25 top-100, window 20 stride 10, 300 words)",
+    "rank-r1-7b": "BRIGHT avg nDCG@10 21.39 reranking Diver-Retriever-4B's top-100 (Diver-GroupRank-7B model card)",
+    "rank-r1-14b": "BRIGHT avg nDCG@10 30.83 reranking Diver-Retriever-4B's top-100 (Diver-GroupRank-7B model card)",
+    "diver-grouprank-7b": "BRIGHT avg nDCG@10 36.65 (mean of the model card's 12 tasks) reranking Diver-Retriever-4B's "
+                          "top-100 (32.93), groups of 20, 6 repeats",
+    "diver-grouprank-32b": "52.3 nDCG@10 (model card: '7B / 32B 46.8 / 52.3' on BRIGHT and R2MED, setting not named)",
+    "prorank-0.5b": "BEIR avg 55.57 (mxbai-rerank-base-v2 model card)",
+    "prorank-1.5b": "BEIR avg 57.49 (mxbai-rerank-large-v2 model card)",
+    "rankgpt-gpt-4": "DL19 75.59, DL20 70.56 (RankGPT paper Table 1, BM25 top-100, window 20 step 10; quoted, not "
+                     "re-read from these machines)",
+    "rankgpt-gpt-3.5-turbo": "DL19 65.80, DL20 62.91 (RankGPT paper Table 1, BM25 top-100; quoted, not re-read)",
 }
 
 FAMILIES: dict[str, str] = {
