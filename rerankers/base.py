@@ -342,12 +342,19 @@ class NeuralReranker(Reranker):
             with self._stats_lock:
                 ctx.stats[key] += n
 
-    def map_batches(self, lengths: Sequence[int], run: Callable[[list[int]], list], emit: bool = False,
-                    on_batch: Callable[[list[int], list], None] | None = None) -> list:
+    def map_batches(self, lengths: Sequence[int], run: Callable, emit: bool = False,
+                    on_batch: Callable[[list[int], list], None] | None = None,
+                    prepare: Callable[[list[int]], Any] | None = None,
+                    ready: Callable[[list[int]], bool] | None = None) -> list:
         """Run `run(batch of indices)` over length-sorted batches and put its results back in
         input order. Local backends run one batch at a time; HTTP backends keep up to
         `concurrency` batches in flight. With emit, each finished batch's scores are stored at once;
-        `on_batch(batch, values)` is told of each finished batch (from this thread)."""
+        `on_batch(batch, values)` is told of each finished batch (from this thread).
+
+        With `prepare`, `run(batch, prepare(batch))`: on an HTTP backend one thread prepares
+        (tokenizes) batches ahead of the senders, so a batch's rendering overlaps the requests in
+        flight instead of delaying its own; batches that `ready` says need no preparing go first,
+        so the first round leaves at once."""
         out: list = [None] * len(lengths)
         batches = length_batches(lengths, self.batch_size, self.sort_batches)
 
@@ -364,17 +371,26 @@ class NeuralReranker(Reranker):
         workers = min(self.backend.concurrency, len(batches))
         if workers <= 1:
             for b in batches:
-                done(b, run(b))
+                done(b, run(b) if prepare is None else run(b, prepare(b)))
             return out
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.family}-batch") as pool:
-            futures = {pool.submit(run, b): b for b in batches}
+        if ready is not None:
+            batches.sort(key=lambda b: not ready(b))  # stable: the length order holds within each group
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.family}-render") as renderer, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.family}-batch") as pool:
+            if prepare is None:
+                futures = {pool.submit(run, b): b for b in batches}
+                pending = list(futures)
+            else:  # prepared in the order the senders take them
+                prepared = [renderer.submit(prepare, b) for b in batches]
+                futures = {pool.submit(lambda b, p: run(b, p.result()), b, p): b for b, p in zip(batches, prepared)}
+                pending = [*futures, *prepared]
             try:
                 for f in as_completed(futures):
                     done(futures[f], f.result())  # stored from this thread only
             except BaseException:
-                for f in futures:
+                for f in pending:
                     f.cancel()
                 raise
         return out

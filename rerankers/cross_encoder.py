@@ -66,26 +66,26 @@ class CrossEncoder(NeuralReranker):
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
         tok = self.tokenizer()
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        if not self.backend.local:  # a server tokenizes: each batch is rendered while others are in flight
+        if not self.backend.local:  # a server tokenizes: batches are rendered while others are in flight
             specials = len(tok("", "", add_special_tokens=True)["input_ids"])
 
-            def run(batch):
-                # a token covers at least one byte, so a pair of few bytes cannot need cutting:
-                # it goes as it is; the others are tokenized here to cut their document
-                out: dict[int, Pair] = {}
-                todo = []
-                for i in batch:
-                    q, d = pairs[i]
-                    if len(q.encode("utf-8")) + len(d.encode("utf-8")) + specials <= self.max_length:
-                        out[i] = Pair(q, d)
-                    else:
-                        todo.append(i)
-                if todo:
-                    with self.render_lock:  # one tokenizer, shared by the batch threads
-                        out.update(zip(todo, self.render([pairs[i] for i in todo], ctx)))
-                return self.backend.pair_scores([out[i] for i in batch], pad_id=pad_id)
+            def short(i: int) -> bool:
+                # a token covers at least one byte, so a pair of few bytes cannot need cutting: it goes
+                # as it is; the others are tokenized here to cut their document
+                q, d = pairs[i]
+                return len(q.encode("utf-8")) + len(d.encode("utf-8")) + specials <= self.max_length
 
-            return self.map_batches([len(q) + len(d) for q, d in pairs], run, emit=True)
+            def prepare(batch):
+                out = {i: Pair(*pairs[i]) for i in batch if short(i)}
+                todo = [i for i in batch if i not in out]
+                if todo:
+                    with self.render_lock:  # one tokenizer, shared with any other thread
+                        out.update(zip(todo, self.render([pairs[i] for i in todo], ctx)))
+                return [out[i] for i in batch]
+
+            return self.map_batches([len(q) + len(d) for q, d in pairs],
+                                    lambda batch, rendered: self.backend.pair_scores(rendered, pad_id=pad_id),
+                                    emit=True, prepare=prepare, ready=lambda b: all(short(i) for i in b))
         rendered = self.render(pairs, ctx)
         return self.map_batches([len(p.ids) for p in rendered],
                                 lambda b: self.backend.pair_scores([rendered[i] for i in b], pad_id=pad_id), emit=True)

@@ -288,12 +288,12 @@ class LogitPair(NeuralReranker):
             lps = self.backend.label_logprobs(ids, [pos, neg], kind=self.t["kind"], pad_id=pad_id)
             return [self.score_rule(p, n) for p, n in lps]
 
-        if not self.backend.local:  # a server: each batch is rendered while others are in flight
-            def run(batch):
-                with self.render_lock:  # one tokenizer, shared by the batch threads
-                    ids = self.encode([pairs[i] for i in batch], ctx)
-                return score(ids)
+        if not self.backend.local:  # a server: batches are rendered (one thread) while others are in flight
+            def prepare(batch):
+                with self.render_lock:
+                    return self.encode([pairs[i] for i in batch], ctx)
 
-            return self.map_batches([len(q) + len(d) for q, d in pairs], run, emit=True)
+            return self.map_batches([len(q) + len(d) for q, d in pairs], lambda _, ids: score(ids), emit=True,
+                                    prepare=prepare)
         ids = self.encode(pairs, ctx)
         return self.map_batches([len(s) for s in ids], lambda b: score([ids[i] for i in b]), emit=True)
