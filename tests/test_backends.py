@@ -37,6 +37,7 @@ def test_an_operation_a_backend_lacks_is_one_line():
     with pytest.raises(ConfigError) as e:
         be.label_logprobs([[1, 2]], [3, 4], kind="seq2seq")
     assert "\n" not in str(e.value) and "causal models only" in str(e.value)
+    assert "cannot serve encoder-decoder models such as T5/monoT5" in str(e.value)  # why, not only what
 
     class Bare(Backend):
         kind = "bare"

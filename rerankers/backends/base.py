@@ -26,6 +26,15 @@ from rankify_cli.errors import ConfigError
 OPERATIONS = ("chat", "label_logprobs", "generate_ids", "pair_scores", "embed")
 
 
+def causal_only(backend: str, kind: str) -> ConfigError:
+    """Label log-probabilities of an encoder-decoder (monoT5) off the hf backend: vLLM 0.32 has no
+    T5 (it is not in its model registry; its Transformers fallback loads T5 as a causal LM and fails:
+    'Argument position_ids not found in the forward method of T5Stack'), and an OpenAI-compatible
+    /v1/completions serves decoder-only models."""
+    return ConfigError(f"the {backend} backend reads label log-probabilities of causal models only (this template "
+                       f"is {kind}): vLLM (0.32) cannot serve encoder-decoder models such as T5/monoT5; use backend=hf")
+
+
 @dataclass
 class ChatRequest:
     messages: list[dict]

@@ -25,7 +25,7 @@ from typing import Sequence
 
 from rankify_cli.errors import ConfigError
 
-from .base import Backend, ChatRequest, ChatResponse, Pair
+from .base import Backend, ChatRequest, ChatResponse, Pair, causal_only
 from .http import BackendError, HTTPClient, chat_completion_shape, split_urls
 
 PAIR_PROTOCOLS = ("score", "rerank", "tei")
@@ -120,8 +120,7 @@ class OpenAI(Backend):
     def label_logprobs(self, prompts: Sequence[list[int]], labels: Sequence[int], *, kind: str = "causal",
                        pad_id: int = 0) -> list[list[float]]:
         if kind != "causal":
-            raise ConfigError(f"the openai backend reads label log-probabilities of causal models only "
-                              f"(this template is {kind}); use backend=hf")
+            raise causal_only("openai", kind)
         seqs = [list(p) + [int(lab)] for p in prompts for lab in labels]
         payload = {"model": self.model, "prompt": seqs, "max_tokens": 1, "temperature": 0.0,
                    "prompt_logprobs": 0, **self.extra_body}

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from rankify_cli.errors import ConfigError, DependencyError
 
-from .base import Backend, ChatRequest, ChatResponse, Pair
+from .base import Backend, ChatRequest, ChatResponse, Pair, causal_only
 
 _ENGINES: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -152,8 +152,7 @@ class VLLM(Backend):
     def label_logprobs(self, prompts: Sequence[list[int]], labels: Sequence[int], *, kind: str = "causal",
                        pad_id: int = 0) -> list[list[float]]:
         if kind != "causal":
-            raise ConfigError(f"the vllm backend reads label log-probabilities of causal models only "
-                              f"(this template is {kind}); use backend=hf")
+            raise causal_only("vllm", kind)
         SamplingParams, TokensPrompt = _vllm()
         llm = self.engine("generate")
         seqs = [list(p) + [int(lab)] for p in prompts for lab in labels]
