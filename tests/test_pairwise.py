@@ -263,7 +263,6 @@ def test_allpair_on_t5_equals_llm_rankers(tiny_prp_t5, dl19, monkeypatch):
     pairs = list(zip(answers[::2], answers[1::2]))
     wins = sum(p in (("Passage A", "Passage B"), ("Passage B", "Passage A")) for p in pairs)
     assert set(answers) == {"Passage A", "Passage B"} and 0 < wins < 15, pairs
-    assert [c.doc_id for c in got] != [d for d, _ in docs]
 
 
 def logprob_server(tok, oracle, mode):
