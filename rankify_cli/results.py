@@ -32,10 +32,12 @@ LEAD = ["dataset", "pipeline"]
 TAIL = ["queries", "retrieve_s", "rerank_s", "stage_s", "total_s", "s_per_query", "docs_per_s", "model_calls",
         "llm_calls", "llm_tokens", "evidence_ratio", "wall_s", "cache_hits", "models", "params", "config_hash",
         "rankify_version", "git_commit", "date"]
-# counters stages may report (see StageContext.stats) that the leaderboard sums up
-CALL_KEYS = ("llm_calls", "calls")
-TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens")
-HIT_KEYS = ("cached_scores", "cache_hits")
+# counters stages may report (see StageContext.stats) that the leaderboard sums up: API calls
+# and tokens per query (`llm_per_query`, `rerank_api_per_query`; the flat `llm_calls` repeats
+# them) plus what the calls served from the cache cost (`cached_calls`, `cached_tokens`)
+CALL_KEYS = ("calls", "cached_calls")
+TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "tokens", "cached_tokens")
+HIT_KEYS = ("cached_scores", "cache_hits", "cached_embeddings")
 MODEL_CALL_KEYS = ("forward_calls", "cached_forward_calls")
 
 
@@ -116,9 +118,11 @@ def run_info_document(result: PipelineResult) -> dict:
 
 
 def stage_cost(stage) -> float:
-    """Seconds of compute behind a stage's output: this execution's time plus what the
-    results it read from the cache cost when they were computed."""
-    return stage.seconds + float(stage.stats.get("cached_compute_s", 0.0) or 0.0)
+    """Seconds of compute behind a stage's output: what this execution computed (`compute_s`,
+    timed by the stage's CostClock; a stage without one: its wall time) plus what the results it
+    read from the cache cost when they were computed (`cached_compute_s`)."""
+    fresh = stage.stats["compute_s"] if "compute_s" in stage.stats else stage.seconds
+    return float(fresh or 0.0) + float(stage.stats.get("cached_compute_s", 0.0) or 0.0)
 
 
 def evidence_ratio(explanations: list[dict]) -> str:

@@ -104,6 +104,64 @@ class StageContext:
             self.track = _silent_track
 
 
+class CostClock:
+    """What each finished result cost to compute (seconds, model calls), for the cache to keep.
+
+    The time since the previous finished result is split evenly over the results that just
+    finished, so work running side by side (HTTP concurrency) is counted once: the stored costs
+    of a stage add up to its compute time. A rerun served from the cache reports them through
+    `charge_cached`, so cost columns stay those of the compute, not of the lookup."""
+
+    def __init__(self, t0: float | None = None, calls0: float = 0):
+        import threading
+        import time
+
+        self.costs: dict[str, tuple[float, float]] = {}
+        self.mark = time.perf_counter() if t0 is None else t0
+        self.calls_mark = calls0
+        self.lock = threading.Lock()
+
+    def charge(self, keys: Sequence[str], now: float | None = None, calls: float | None = None) -> dict[str, tuple[float, float]]:
+        """`keys` just finished at `now`, the model's call counter reading `calls` (None: one call
+        per key). Returns their (seconds, model calls)."""
+        import time
+
+        with self.lock:
+            now = time.perf_counter() if now is None else now
+            new = [k for k in dict.fromkeys(keys) if k not in self.costs]
+            if new:  # keys charged already: the time so far goes to the next results that finish
+                calls = self.calls_mark + len(new) if calls is None else calls
+                share_s, share_calls = (now - self.mark) / len(new), (calls - self.calls_mark) / len(new)
+                self.costs.update((k, (share_s, share_calls)) for k in new)
+                self.mark, self.calls_mark = now, calls
+            return {k: self.costs[k] for k in keys if k in self.costs}
+
+
+def charge_cached(ctx: "StageContext", seconds: float, model_calls: float, calls: float = 0, tokens: float = 0) -> None:
+    """A result read from the cache: add what it cost when it was computed (its seconds, model
+    calls and, for API calls, requests and tokens) to the stage's `cached_*` counters."""
+    ctx.stats["cached_compute_s"] += float(seconds or 0.0)
+    ctx.stats["cached_forward_calls"] += float(model_calls or 0.0)
+    if calls:
+        ctx.stats["cached_calls"] += float(calls)
+    if tokens:
+        ctx.stats["cached_tokens"] += float(tokens)
+
+
+def costed(value: Any, cost: tuple[float, float]) -> dict:
+    """A cache entry that keeps what its value cost to compute (seconds, model calls)."""
+    return {"value": value, "compute_s": cost[0], "model_calls": cost[1]}
+
+
+def uncost(entry: Any, ctx: "StageContext") -> Any:
+    """The value of a cache entry written by `costed`, its cost charged to `ctx` as cached compute;
+    an entry stored before costs were kept is the bare value and cost nothing known."""
+    if isinstance(entry, dict) and "value" in entry and "compute_s" in entry:
+        charge_cached(ctx, entry["compute_s"], entry.get("model_calls", 0.0))
+        return entry["value"]
+    return entry
+
+
 @contextmanager
 def _silent_track(description: str, total: int):
     yield lambda n: None

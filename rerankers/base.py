@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 from rankify_cli.errors import ConfigError, DependencyError
 from rankify_cli import model_ids
 from rankify_cli.faults import crashpoint
-from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
+from rankify_cli.types import Candidate, CostClock, Query, Reranker, StageContext, charge_cached, fingerprint
 
 from .backends import HTTP_BACKENDS, Backend, check_kind, make_backend
 
@@ -438,8 +438,8 @@ class NeuralReranker(Reranker):
         hits = sum(1 for k in all_keys if k in cached)
         ctx.stats["cached_scores"] += hits
         # what the cached entries cost when they were computed: a rerun reports that cost, not the lookup's
-        ctx.stats["cached_compute_s"] += sum(v[1] for v in cached.values())
-        ctx.stats["cached_forward_calls"] += sum(v[2] for v in cached.values())
+        charge_cached(ctx, sum(v[1] for v in cached.values()), sum(v[2] for v in cached.values()))
+        ctx.stats["compute_s"] += 0.0  # timed by the chunk's clock below (none when all of it was cached)
         advanced = len(all_keys) - len(todo)  # cached pairs (and repeats of a pair) are done already
         if advanced:
             ctx.progress(advanced)
@@ -514,24 +514,15 @@ class NeuralReranker(Reranker):
         sink.parts.clear()
 
 
-class _Sink:
+class _Sink(CostClock):
     """The chunk being computed: its keys, finished parts not yet stored, and what each
     finished pair cost (seconds, model calls), split evenly over the pairs of its batch."""
 
     def __init__(self, keys: list[str], ctx: StageContext, t0: float, calls0: int):
+        super().__init__(t0, calls0)
         self.keys, self.ctx = keys, ctx
         self.parts: list = []
-        self.costs: dict[str, tuple[float, float]] = {}
-        self.mark, self.calls_mark = t0, calls0
         self.advanced = 0
-
-    def charge(self, keys: list[str], now: float, calls: int) -> None:
-        new = [k for k in dict.fromkeys(keys) if k not in self.costs]
-        if not new:  # the time so far goes to the next pairs that finish
-            return
-        share_s, share_calls = (now - self.mark) / len(new), (calls - self.calls_mark) / len(new)
-        self.costs.update((k, (share_s, share_calls)) for k in new)
-        self.mark, self.calls_mark = now, calls
 
 
 def cache_entry(value) -> tuple[float, float, float]:

@@ -22,9 +22,9 @@ from collections import Counter
 from typing import Sequence
 
 from rankify_cli.errors import ConfigError
-from rankify_cli.types import Candidate, Query, StageContext, fingerprint
+from rankify_cli.types import Candidate, CostClock, Query, StageContext, charge_cached, fingerprint
 
-from .base import NeuralReranker, pair_key, read_template
+from .base import NeuralReranker, cache_entry, pair_key, read_template
 from .logit_pair import LogitPair, render
 
 AGGREGATES = ("pyterrier", "probability")
@@ -96,24 +96,29 @@ class DuoT5(LogitPair):
         config_fp = self.cache_fingerprint()
         per_query: dict[str, dict] = {}
         out = []
+        ctx.stats["compute_s"] += 0.0
         for q, cands in items:
             head, tail = cands[: self.top_k], cands[self.top_k:]
             order = [(i, j) for i in range(len(head)) for j in range(len(head)) if i != j]
             keys = [pair_key(config_fp, q.text, head[i].text + "\x00" + head[j].text) for i, j in order]
-            cached = ctx.store.get_many(self.family, keys) if ctx.store is not None else {}
+            cached = {k: cache_entry(v) for k, v in (ctx.store.get_many(self.family, keys) if ctx.store is not None else {}).items()}
+            charge_cached(ctx, sum(v[1] for v in cached.values()), sum(v[2] for v in cached.values()))
             todo = [k for k in dict.fromkeys(keys) if k not in cached]
             where = {k: n for n, k in enumerate(keys)}
             fresh = {}
             if todo:
                 triples = [(q.text, head[order[where[k]][0]].text, head[order[where[k]][1]].text) for k in todo]
                 before = self.forward_calls
+                clock = CostClock(calls0=before)
                 fresh = dict(zip(todo, self.pair_log_probs(triples, ctx)))
+                costs = clock.charge(todo, calls=self.forward_calls)  # the query's comparisons share its time
                 ctx.stats["forward_calls"] += self.forward_calls - before
-                if ctx.store is not None:
-                    ctx.store.put_many(self.family, fresh)
+                ctx.stats["compute_s"] += sum(c[0] for c in costs.values())
+                if ctx.store is not None:  # with what they cost, as the pointwise families store scores
+                    ctx.store.put_many(self.family, {k: [v, *costs[k]] for k, v in fresh.items()})
             scores = [0.0] * len(head)
             for (i, j), k in zip(order, keys):
-                logp = float(fresh[k] if k in fresh else cached[k])
+                logp = float(fresh[k] if k in fresh else cached[k][0])
                 gain = logp if self.aggregate == "pyterrier" else math.exp(logp)
                 scores[i] += gain
                 scores[j] += 1.0 - gain

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from rankify_cli.types import Candidate, Query, StageContext
+from rankify_cli.types import Candidate, CostClock, Query, StageContext, costed, uncost
 
 from .base import pair_key
 from .logit_pair import LogitPair
@@ -58,10 +58,12 @@ class Prism(LogitPair):
         fp = self.cache_fingerprint()
         todo = [(q, c) for (q, _), ranked in zip(items, out) for c in ranked if c.score >= self.threshold]
         keys = [pair_key(fp + ":explain", q.text, c.text) for q, c in todo]
-        cached = ctx.store.get_many(NAMESPACE, keys) if ctx.store is not None and keys else {}
+        cached = {k: uncost(v, ctx) for k, v in (ctx.store.get_many(NAMESPACE, keys) if ctx.store is not None and keys else {}).items()}
         fresh_idx = [i for i, k in enumerate(keys) if k not in cached]
+        ctx.stats["cache_hits"] += len(keys) - len(fresh_idx)
         generated: dict[str, list[int]] = {}
         if fresh_idx:
+            clock = CostClock()
             prompts = self.encode([(todo[i][0].text, todo[i][1].text) for i in fresh_idx], ctx)
             eos = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if isinstance(t, int)]
             pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -69,8 +71,11 @@ class Prism(LogitPair):
             results = self.backend.generate_ids([p + [pos] for p in prompts], max_new_tokens=self.max_new_tokens,
                                                 pad_id=pad_id, eos=eos)
             generated = {keys[i]: list(ids) for i, (ids, _) in zip(fresh_idx, results)}
-            if ctx.store is not None:
-                ctx.store.put_many(NAMESPACE, generated)
+            costs = clock.charge(list(generated), calls=1)  # one generate call for all of them
+            ctx.stats["compute_s"] += sum(c[0] for c in costs.values())
+            ctx.stats["forward_calls"] += 1
+            if ctx.store is not None:  # with what they cost, for a rerun from the cache to report
+                ctx.store.put_many(NAMESPACE, {k: costed(v, costs[k]) for k, v in generated.items()})
         records, evidence_tokens, document_tokens = [], 0, 0
         for (q, c), k in zip(todo, keys):
             ids = generated[k] if k in generated else list(cached[k])

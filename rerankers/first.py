@@ -19,7 +19,7 @@ import threading
 from typing import Sequence
 
 from rankify_cli.errors import ConfigError
-from rankify_cli.types import Candidate, Query, StageContext, fingerprint
+from rankify_cli.types import Candidate, CostClock, Query, StageContext, costed, fingerprint, uncost
 
 from .listwise import Listwise, replace_bracket_numbers, sliding_windows
 
@@ -96,10 +96,14 @@ class First(Listwise):
         if lps is None:
             lps = self.backend.label_logprobs([ids], labels, kind="causal", pad_id=0)[0]
             ctx.stats["first_forward_calls"] += 1
+            ctx.stats["forward_calls"] += 1
+            self._model_calls += 1
+            cost = self._clock.charge([key], calls=self._model_calls)[key]
             if ctx.store is not None and self.use_cache:
-                with self._lock:
-                    ctx.store.put_many(NAMESPACE, {key: list(lps)})
+                with self._lock:  # with what it cost, for a rerun from the cache to report
+                    ctx.store.put_many(NAMESPACE, {key: costed(list(lps), cost)})
         else:
+            lps = uncost(lps, ctx)
             mine["cache_hits"] += 1
         lps = [float(v) for v in lps]
         if len(lps) != n or any(v != v for v in lps) or len(set(lps)) == 1:
@@ -111,6 +115,7 @@ class First(Listwise):
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         per_query: dict[str, dict] = {}
         out = []
+        self._clock, self._model_calls = CostClock(), 0
         for query, cands in items:
             order = list(cands)
             qtext = self.prepare_query(query.text)
@@ -125,6 +130,7 @@ class First(Listwise):
                 places = sorted((c.score for c in cands), reverse=True)
                 out.append([Candidate(c.doc_id, s, c.text) for s, c in zip(places, order)])
             ctx.progress(1)
+        ctx.stats["compute_s"] += sum(c[0] for c in self._clock.costs.values())
         ctx.stats["first_windows"] += sum(v["windows"] for v in per_query.values())
         ctx.stats["first_per_query"] = {q: dict(v) for q, v in sorted(per_query.items())}
         return out

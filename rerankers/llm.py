@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Callable, Generator, Sequence
 
 from rankify_cli.errors import ConfigError
-from rankify_cli.types import Candidate, Query, StageContext, fingerprint
+from rankify_cli.types import Candidate, CostClock, Query, StageContext, charge_cached, fingerprint
 
 from .backends import BACKENDS, make_backend
 from .backends.base import Backend, ChatRequest, ChatResponse
+from .backends.http import redact, strip_secrets
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 CACHE_NAMESPACE = "llm-chat"
@@ -108,10 +109,14 @@ def _template_paradigm(path: Path) -> str | None:
 
 # ----------------------------------------------------------------------------- calls
 class CallLog:
-    """Append-only JSONL of calls: prompt, response, latency, tokens (never credentials)."""
+    """Append-only JSONL of calls: prompt, response, latency, tokens (never credentials).
 
-    def __init__(self, path: str | None):
+    A server may echo the key inside an answer it returns with 200: every line goes through the
+    HTTP client's redact() with the key read at write time (`secrets`), as error messages do."""
+
+    def __init__(self, path: str | None, secrets: Callable[[], Sequence[str]] = list):
         self.path = Path(os.path.expanduser(path)) if path else None
+        self.secrets = secrets
         self._lock = threading.Lock()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +124,9 @@ class CallLog:
     def write(self, record: dict) -> None:
         if not self.path:
             return
-        line = json.dumps(record, ensure_ascii=False)
+        keys = [k for k in self.secrets() if k]
+        # the key as it appears inside a JSON string too (escaped quotes, backslashes, non-ASCII)
+        line = redact(json.dumps(record, ensure_ascii=False), keys + [json.dumps(k, ensure_ascii=False)[1:-1] for k in keys])
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -144,11 +151,15 @@ class Caller:
         self._store_lock = threading.Lock()
         if self.store is not None:
             self.store.get_many(CACHE_NAMESPACE, [])  # create the file from this thread first
-        self.log = CallLog(log_path)
+        client = getattr(backend, "client", None)  # HTTP backends: the key must not reach the log or cache
+        self.secrets = getattr(client, "secrets", list)
+        self.log = CallLog(log_path, self.secrets)
         self.ident = backend.cache_identity()
         self._lock = threading.Lock()
         self.per_query: dict[str, Counter] = {}
         self.pool: ThreadPoolExecutor | None = None  # set by drive() for HTTP backends
+        # each stored call keeps what it cost (seconds, model calls): a rerun from the cache reports it
+        self.clock, self.model_calls = CostClock(), 0
 
     def key(self, req: ChatRequest) -> str:
         return fingerprint({"v": 1, **self.ident, "template": self.template, "messages": req.messages,
@@ -162,6 +173,12 @@ class Caller:
             for k, v in kv.items():
                 c[k] += v
                 self.ctx.stats[f"llm_{k}"] += v
+
+    def charge(self, keys: list[str], model_calls: int) -> dict[str, tuple[float, float]]:
+        """`keys` just finished, computed with `model_calls` calls: what each cost (seconds, calls)."""
+        with self._lock:
+            self.model_calls += model_calls
+            return self.clock.charge(keys, calls=self.model_calls)
 
     def run(self, tagged: list[tuple[str, ChatRequest]]) -> list[ChatResponse]:
         keys = [self.key(r) for _, r in tagged]
@@ -177,6 +194,9 @@ class Caller:
                 out[i] = ChatResponse(v["text"], int(v.get("prompt_tokens", 0)), int(v.get("completion_tokens", 0)),
                                       cached=True)
                 self.count(qid, cache_hits=1)
+                with self._lock:  # entries stored before costs were kept cost nothing known
+                    charge_cached(self.ctx, v.get("compute_s", 0.0), v.get("model_calls", 0.0), calls=1,
+                                  tokens=out[i].prompt_tokens + out[i].completion_tokens)
             else:
                 todo.append(i)
         if self.backend.batched:  # cached chunk by chunk, so an interrupted run loses little
@@ -220,13 +240,20 @@ class Caller:
 
     def _finish(self, tagged, keys, out, chunk) -> None:
         """Run the requests at positions `chunk` on the backend, then cache, count and log them."""
+        before = self.backend.forward_calls
         results = self.backend.chat([tagged[i][1] for i in chunk])
+        # HTTP: one request each (other threads' requests also move the backend's counter); a
+        # batched backend runs one chunk at a time, so its counter says how many batches ran
+        n_calls = self.backend.forward_calls - before if self.backend.batched else len(chunk)
+        costs = self.charge([keys[i] for i in chunk], n_calls)
+        secrets = self.secrets()
         done = {}
         for i, res in zip(chunk, results):
             out[i] = res
             qid, req = tagged[i]
-            done[keys[i]] = {"text": res.text, "prompt_tokens": res.prompt_tokens,
-                             "completion_tokens": res.completion_tokens}
+            seconds, calls = costs[keys[i]] if keys[i] in costs else (0.0, 0.0)  # a repeat charged once
+            done[keys[i]] = {"text": strip_secrets(res.text, secrets), "prompt_tokens": res.prompt_tokens,
+                             "completion_tokens": res.completion_tokens, "compute_s": seconds, "model_calls": calls}
             self.count(qid, calls=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
             self.log.write({"time": round(time.time(), 3), "query_id": qid, "paradigm": self.paradigm,
                             "template": self.template, **self.ident, "messages": req.messages,
@@ -237,6 +264,8 @@ class Caller:
                 self.store.put_many(CACHE_NAMESPACE, done)
 
     def finish(self) -> None:
+        self.ctx.stats["compute_s"] += sum(c[0] for c in self.clock.costs.values())
+        self.ctx.stats["forward_calls"] += sum(c[1] for c in self.clock.costs.values())
         retries = getattr(self.backend, "retries", 0)
         if retries:
             self.ctx.stats["llm_retries"] += retries

@@ -34,7 +34,7 @@ import re
 from itertools import combinations
 from typing import Sequence
 
-from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
+from rankify_cli.types import Candidate, Query, Reranker, StageContext, costed, fingerprint, uncost
 
 from .backends.base import ChatResponse
 from .llm import COMMON_DOC, LLMRerankerBase, Plan, drive, load_template
@@ -94,7 +94,7 @@ class Pairwise(LLMRerankerBase, Reranker):
         msgs.append({"role": "user", "content": t["user"].format(query=query, doc1=doc1, doc2=doc2)})
         return msgs
 
-    def letter_by_logprobs(self, ctx: StageContext, msgs: list[dict]) -> str:
+    def letter_by_logprobs(self, ctx: StageContext, msgs: list[dict], caller=None) -> str:
         """The reference's local path: chat template + generation prompt + ' Passage:', then the
         letter whose token is likelier next."""
         tok = self.backend.chat_tokenizer()
@@ -106,16 +106,21 @@ class Pairwise(LLMRerankerBase, Reranker):
         labels = [tok(x, add_special_tokens=False)["input_ids"][-1] for x in self.template.get("labels", [" A", " B"])]
         key = fingerprint({"v": 1, **self.backend.cache_identity(), "ids": ids, "labels": labels})
         hit = ctx.store.get_many("pairwise-logprobs", [key]).get(key) if ctx.store is not None and self.use_cache else None
-        if hit is None:
+        if hit is not None:
+            hit = uncost(hit, ctx)
+            ctx.stats["cache_hits"] += 1
+        else:
             hit = self.backend.label_logprobs([ids], labels, kind="causal", pad_id=tok.pad_token_id or 0)[0]
             ctx.stats["pairwise_forward_calls"] += 1
+            # timed on the stage's clock (the caller's), kept with the entry for a rerun from the cache
+            cost = caller.charge([key], 1)[key] if caller is not None else (0.0, 1.0)
             if ctx.store is not None and self.use_cache:
-                ctx.store.put_many("pairwise-logprobs", {key: list(hit)})
+                ctx.store.put_many("pairwise-logprobs", {key: costed(list(hit), cost)})
         if hit[0] == hit[1] or any(v != v for v in hit):  # no preference: decided like an unusable answer
             return ""
         return "Passage A" if hit[0] > hit[1] else "Passage B"
 
-    def seq2seq_answers(self, ctx: StageContext, reqs) -> list[ChatResponse]:
+    def seq2seq_answers(self, ctx: StageContext, reqs, caller=None) -> list[ChatResponse]:
         """The reference's T5 path: each prompt tokenized as it is (the tokenizer's </s> added),
         the decoder started with the template's prefix, greedy tokens, and the decoder's whole
         output (prefix included) decoded without special tokens; cached per prompt."""
@@ -125,7 +130,9 @@ class Pairwise(LLMRerankerBase, Reranker):
         keys = [fingerprint({"v": 1, **self.backend.cache_identity(), "ids": p, "prefix": prefix,
                              "max_new_tokens": self.max_new_tokens}) for p in prompts]
         store = ctx.store if self.use_cache else None
-        got = dict(store.get_many("pairwise-seq2seq", sorted(set(keys)))) if store is not None else {}
+        got = {k: uncost(v, ctx) for k, v in store.get_many("pairwise-seq2seq", sorted(set(keys))).items()} \
+            if store is not None else {}
+        ctx.stats["cache_hits"] += len(got)
         todo = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in got}.values())
         size = max(1, int(getattr(self.backend, "batch_size", 2)))
         for s in range(0, len(todo), size):
@@ -135,8 +142,10 @@ class Pairwise(LLMRerankerBase, Reranker):
             ctx.stats["pairwise_forward_calls"] += 1
             done = {keys[i]: tok.decode(prefix + ids, skip_special_tokens=True) for i, (ids, _) in zip(batch, outs)}
             got.update(done)
+            # timed on the stage's clock (the caller's), kept with the entries for a rerun from the cache
+            costs = caller.charge(list(done), 1) if caller is not None else {}
             if store is not None:
-                store.put_many("pairwise-seq2seq", done)
+                store.put_many("pairwise-seq2seq", {k: costed(v, costs.get(k, (0.0, 0.0))) for k, v in done.items()})
         return [ChatResponse(got[k]) for k in keys]
 
     # -- one query -------------------------------------------------------------------------
@@ -168,9 +177,9 @@ class Pairwise(LLMRerankerBase, Reranker):
         def ask(reqs):
             """Answers to chat requests: from the backend's chat, or read from label log-probabilities."""
             if self.scoring == "logprobs":
-                return [ChatResponse(self.letter_by_logprobs(ctx, r.messages)) for r in reqs]
+                return [ChatResponse(self.letter_by_logprobs(ctx, r.messages, caller)) for r in reqs]
             if self.template.get("model_kind") == "seq2seq":
-                return self.seq2seq_answers(ctx, reqs)
+                return self.seq2seq_answers(ctx, reqs, caller)
             return (yield reqs)
 
         def gt(i: int, j: int):

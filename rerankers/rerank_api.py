@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from rankify_cli.errors import ConfigError
-from rankify_cli.types import Candidate, Query, Reranker, StageContext, fingerprint
+from rankify_cli.types import Candidate, CostClock, Query, Reranker, StageContext, costed, fingerprint, uncost
 
-from .backends.http import BackendError, HTTPClient, split_urls
+from .backends.http import BackendError, HTTPClient, split_urls, strip_secrets
 from .llm import CallLog
 from .rerank_providers import PROVIDERS
 
@@ -88,7 +88,7 @@ class RerankAPI(Reranker):
                              "per request")
         self.batch_size = max(1, int(batch_size)) if batch_size else (limit or (32 if protocol == "tei" else 100))
         self.max_chars = int(max_chars) if max_chars else None
-        self.log = CallLog(log_calls)
+        self.log = CallLog(log_calls, self.client.secrets)  # a key echoed in an answer is redacted
         self.use_cache = bool(cache)
 
     def config(self) -> dict:
@@ -118,6 +118,7 @@ class RerankAPI(Reranker):
         store = ctx.store if self.use_cache else None
         per_query: dict[str, Counter] = {}
         lock = threading.Lock()  # one thread at a time in the cache (see llm.Caller)
+        clock, calls = CostClock(), [0]  # each answer keeps what it cost, for a rerun from the cache
         if store is not None:
             store.get_many(NAMESPACE, [])
 
@@ -137,10 +138,16 @@ class RerankAPI(Reranker):
                         hit = store.get_many(NAMESPACE, [key]).get(key)
                 if hit is not None:
                     stats["cache_hits"] += 1
+                    with lock:  # the answer, and what it cost when it was computed
+                        hit = uncost(hit, ctx)
+                        ctx.stats["cached_calls"] += 1
                     got = read_scores(hit, len(chunk))
                 else:
                     t0 = time.perf_counter()
                     data, attempts, retries = self._post(payload)
+                    with lock:
+                        calls[0] += 1
+                        cost = clock.charge([key], calls=calls[0]).get(key, (0.0, 0.0))
                     stats["calls"] += 1
                     stats["retries"] += retries
                     got = read_scores(data, len(chunk))
@@ -149,7 +156,7 @@ class RerankAPI(Reranker):
                                     "latency_s": round(time.perf_counter() - t0, 4), "attempts": attempts})
                     if got is not None and store is not None:
                         with lock:
-                            store.put_many(NAMESPACE, {key: data})
+                            store.put_many(NAMESPACE, {key: costed(_without_secrets(data, self.client.secrets()), cost)})
                 if got is None:
                     ok = False
                     stats["parse_failures"] += 1
@@ -171,4 +178,15 @@ class RerankAPI(Reranker):
         for k, v in total.items():
             ctx.stats[f"rerank_api_{k}"] += v
         ctx.stats["rerank_api_per_query"] = {q: dict(c) for q, c in sorted(per_query.items())}
+        ctx.stats["compute_s"] += sum(c[0] for c in clock.costs.values())
+        ctx.stats["forward_calls"] += calls[0]
         return out
+
+
+def _without_secrets(data, secrets: list[str]):
+    """An answer as the cache may keep it: a key the server echoed inside it replaced by ***."""
+    import json
+
+    blob = json.dumps(data, ensure_ascii=False)
+    clean = strip_secrets(blob, secrets + [json.dumps(k, ensure_ascii=False)[1:-1] for k in secrets])
+    return data if clean == blob else json.loads(clean)

@@ -27,7 +27,7 @@ import numpy as np
 from rankify_cli.errors import DependencyError
 from rankify_cli.formats import atomic_dir
 from rankify_cli.model_ids import model_fingerprint
-from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageContext, fingerprint
+from rankify_cli.types import Candidate, Query, Retriever, Run, Source, StageContext, charge_cached, fingerprint
 
 CACHE_FORMAT = 1
 POOLINGS = ("auto", "mean", "cls")
@@ -217,6 +217,10 @@ class Dense(Retriever):
             out /= np.maximum(norms, 1e-12)
         self.encoded[what] = self.encoded.get(what, 0) + len(texts)
         ctx.stats[f"dense_{what}_encoded"] += len(texts)
+        # what the embeddings cost, kept with them in the cache (meta.json) for a rerun to report
+        self.last_cost = (time.perf_counter() - t0, float(-(-len(texts) // self.batch_size)))
+        ctx.stats["dense_encode_s"] += self.last_cost[0]
+        ctx.stats["forward_calls"] += self.last_cost[1]
         return out
 
     # -- cache ---------------------------------------------------------------------------------
@@ -232,17 +236,25 @@ class Dense(Retriever):
             try:
                 stored = json.loads((path / "ids.json").read_text())
                 if stored == ids:
+                    emb = np.load(path / "embeddings.npy")
+                    meta = json.loads((path / "meta.json").read_text())
                     ctx.stats[f"dense_{what}_cache_hits"] += 1
-                    return np.load(path / "embeddings.npy")
+                    ctx.stats["cached_embeddings"] += len(ids)
+                    # what they cost when computed (folders written before costs were kept: unknown, 0)
+                    charge_cached(ctx, meta.get("compute_s", 0.0), meta.get("model_calls", 0.0))
+                    return emb
             except (OSError, ValueError):
                 pass
+        self.last_cost = (0.0, 0.0)
         emb = self.encode(texts_fn(), what, ctx)
+        cost = self.last_cost
         if path is not None:
             def write(tmp: Path):
                 np.save(tmp / "embeddings.npy", emb)
                 (tmp / "ids.json").write_text(json.dumps(ids))
                 (tmp / "meta.json").write_text(json.dumps({"model": self.model, "count": len(ids),
-                                                           "dim": int(emb.shape[1]), **self._encoding_key()}))
+                                                           "dim": int(emb.shape[1]), **self._encoding_key(),
+                                                           "compute_s": cost[0], "model_calls": cost[1]}))
             atomic_dir(path, write)
         return emb
 

@@ -176,6 +176,7 @@ class State:
         if mode not in ("oracle", "garbage"):
             raise ValueError(f"mode must be oracle or garbage, got {mode}")
         self.oracle, self.mode, self.latency = oracle, mode, float(latency)
+        self.echo_key = False
         self.fault_rate, self.stall = float(fault_rate), float(stall)
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -333,13 +334,15 @@ class Handler(BaseHTTPRequestHandler):
             if st.latency:
                 time.sleep(st.latency)
             key = hashlib.sha256(json.dumps(body.get("messages", body), sort_keys=True).encode()).hexdigest()
+            # echo_key: a careless server that repeats the caller's key inside a 200 answer
+            echo = self.headers.get("Authorization", "").split()[-1:] if st.echo_key else []
             if "rerank" in path:
                 answer = st.rerank_answer(body)
-                payload = answer
+                payload = {**answer, "meta": {"key": echo[0]}} if echo and isinstance(answer, dict) else answer
             else:
                 with st.lock:
                     st.max_tokens[str(body.get("max_tokens"))] += 1
-                text = st.chat_answer(body.get("messages") or [], key)
+                text = st.chat_answer(body.get("messages") or [], key) + "".join(f" (key {e})" for e in echo)
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
                 payload = {"id": "chatcmpl-" + key[:12], "object": "chat.completion", "model": body.get("model"),
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},

@@ -147,6 +147,14 @@ def _run_info(result) -> dict:
     return json.loads((Path(result.json()["output_dir"]) / "run_info.json").read_text())
 
 
+def _leaderboard_row(result) -> dict:
+    import csv
+    from pathlib import Path
+
+    rows = list(csv.DictReader(open(Path(result.json()["output_dir"]).parents[1] / "leaderboard.csv", encoding="utf-8")))
+    return next(r for r in rows if r["config_hash"] == result.json()["config_hash"])
+
+
 @pytest.fixture(scope="session")
 def dense_first_run(minilm, scifact_subset, tmp_path_factory):
     """The first dense run of the session: encodes the subset's corpus into the cache."""
@@ -170,6 +178,14 @@ def test_dense_subset_quality_and_cache_reuse(cli, tmp_path, minilm, scifact_sub
     assert "dense_documents_encoded" not in stats2 and "dense_queries_encoded" not in stats2, stats2
     assert stats2["dense_documents_cache_hits"] == 1 and stats2["dense_queries_cache_hits"] == 1
     assert again.json()["metrics"] == first["metrics"]
+    # cost columns: the rerun reports what the cached embeddings cost when they were computed,
+    # and how many it read from the cache
+    row1, row2 = _leaderboard_row(dense_first_run), _leaderboard_row(again)
+    assert stats2["cached_compute_s"] == pytest.approx(stats1["dense_encode_s"], abs=1e-6) and stats1["dense_encode_s"] > 0
+    assert float(row2["retrieve_s"]) >= stats2["cached_compute_s"] - 0.001
+    assert float(row1["retrieve_s"]) >= stats1["dense_encode_s"] - 0.001
+    assert row1["cache_hits"] == "0" and row2["cache_hits"] == str(n_docs + stats1["dense_queries_encoded"])
+    assert row2["model_calls"] == row1["model_calls"] != ""
 
     # a setting that changes embeddings is part of the key: max_length=32 encodes again
     short = cli("run", "-d", str(scifact_subset), "-r", f"dense:{minilm}?max_length=32", "-o", str(tmp_path), "--json")

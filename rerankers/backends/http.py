@@ -51,10 +51,17 @@ def split_urls(base_url: str | None) -> list[str]:
 _TOKEN_PATTERNS = (re.compile(r"(?i)(bearer\s+)[^\s\"',;}\]]+"), re.compile(r"\bsk-[A-Za-z0-9_\-]{4,}"))
 
 
-def redact(text: str, secrets=()) -> str:
-    """`text` with every secret and every Bearer / sk- token replaced by ***."""
+def strip_secrets(text: str, secrets=()) -> str:
+    """`text` with every secret (exactly as given) replaced by ***: what a cache may keep of an
+    answer that echoed the key (Bearer / sk- lookalikes in an answer are left alone there)."""
     for s in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(s, "***")
+    return text
+
+
+def redact(text: str, secrets=()) -> str:
+    """`text` with every secret and every Bearer / sk- token replaced by ***."""
+    text = strip_secrets(text, secrets)
     text = _TOKEN_PATTERNS[0].sub(lambda m: m.group(1) + "***", text)
     return _TOKEN_PATTERNS[1].sub("sk-***", text)
 
@@ -312,6 +319,11 @@ class HTTPClient:
     # -- pieces
     def _key(self) -> str | None:
         return os.environ.get(self.api_key_env or "OPENAI_API_KEY")
+
+    def secrets(self) -> list[str]:
+        """What must never be written anywhere (call logs, caches): the key, read now."""
+        key = self._key()
+        return [key] if key else []
 
     def _headers(self, json_body: bool) -> dict:
         headers = {"Accept": "application/json"}
