@@ -120,7 +120,9 @@ class Pairwise(LLMRerankerBase, Reranker):
             return ""
         return "Passage A" if hit[0] > hit[1] else "Passage B"
 
-    def seq2seq_answers(self, ctx: StageContext, reqs, caller=None) -> list[ChatResponse]:
+    _caller_now = None  # set by rerank_all
+
+    def seq2seq_answers(self, ctx: StageContext, reqs) -> list[ChatResponse]:
         """The reference's T5 path: each prompt tokenized as it is (the tokenizer's </s> added),
         the decoder started with the template's prefix, greedy tokens, and the decoder's whole
         output (prefix included) decoded without special tokens; cached per prompt."""
@@ -143,6 +145,7 @@ class Pairwise(LLMRerankerBase, Reranker):
             done = {keys[i]: tok.decode(prefix + ids, skip_special_tokens=True) for i, (ids, _) in zip(batch, outs)}
             got.update(done)
             # timed on the stage's clock (the caller's), kept with the entries for a rerun from the cache
+            caller = self._caller_now
             costs = caller.charge(list(done), 1) if caller is not None else {}
             if store is not None:
                 store.put_many("pairwise-seq2seq", {k: costed(v, costs.get(k, (0.0, 0.0))) for k, v in done.items()})
@@ -179,7 +182,7 @@ class Pairwise(LLMRerankerBase, Reranker):
             if self.scoring == "logprobs":
                 return [ChatResponse(self.letter_by_logprobs(ctx, r.messages, caller)) for r in reqs]
             if self.template.get("model_kind") == "seq2seq":
-                return self.seq2seq_answers(ctx, reqs, caller)
+                return self.seq2seq_answers(ctx, reqs)
             return (yield reqs)
 
         def gt(i: int, j: int):
@@ -250,6 +253,7 @@ class Pairwise(LLMRerankerBase, Reranker):
 
     def rerank_all(self, items: Sequence[tuple[Query, list[Candidate]]], ctx: StageContext) -> list[list[Candidate]]:
         caller = self._caller(ctx)
+        self._caller_now = caller  # the stage's clock, for the seq2seq path's cached answers
         stats: dict[str, dict] = {}
         out = drive(items, lambda q, c: self._plan(caller, stats, q, c, ctx), caller, ctx, self.concurrency)
         ctx.stats["pairwise_comparisons"] += sum(v["comparisons"] for v in stats.values())
