@@ -138,33 +138,40 @@ def fetch(d: Download, dest: Path, offline_hint: str) -> Path:
 
 
 @contextmanager
-def _exclusive(part: Path, dest: Path):
-    """One process at a time appends to `part` (another rankify fetching the same file waits,
-    then finds it done). Yields False when `dest` appeared meanwhile."""
+def _locked(path: Path):
+    """An exclusive lock on `path` as it is now: a file renamed or unlinked while we waited for
+    its lock is locked again under its name (the one who held it has moved on)."""
     import fcntl
 
     while True:
-        if dest.is_file():
-            yield False
-            return
-        # (the folder again: another process may have just moved a finished staging folder away)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)  # again: a staging folder may have moved away
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                current = os.stat(part).st_ino == os.fstat(fd).st_ino
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
-                current = False  # renamed into place or deleted while we waited
+                current = False
             if current:
-                if dest.is_file():  # finished while we created our (empty) part: drop it
-                    part.unlink(missing_ok=True)
-                    yield False
-                else:
-                    yield True
+                yield
                 return
         finally:
             os.close(fd)
+
+
+@contextmanager
+def _exclusive(part: Path, dest: Path):
+    """One process at a time appends to `part` (another rankify fetching the same file waits,
+    then finds it done). Yields False when `dest` appeared meanwhile."""
+    if dest.is_file():
+        yield False
+        return
+    with _locked(part):
+        if dest.is_file():  # finished while we created our (empty) part: drop it
+            part.unlink(missing_ok=True)
+            yield False
+        else:
+            yield True
 
 
 def _download(d: Download, url: str, part: Path, dest: Path, offline_hint: str) -> None:
@@ -217,27 +224,13 @@ def _verify(d: Download, part: Path, offline_hint: str) -> None:
 def _one_set_at_a_time(target: Path):
     """One process at a time fills a set's folder; the others wait, then find it complete. (Without
     it, with three processes, one moving or removing the staging folder pulled files from another.)
-    The lock file goes away with the last holder: whoever locked a file since unlinked locks again."""
-    import fcntl
-
+    The lock file goes away with its last holder."""
     lock = target.parent / f".{target.name}.lock"
-    while True:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    with _locked(lock):
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                try:
-                    yield
-                finally:
-                    lock.unlink(missing_ok=True)
-                return
+            yield
         finally:
-            os.close(fd)
+            lock.unlink(missing_ok=True)
 
 
 def fetch_set(files: dict[str, Download], target: Path, offline_hint: str) -> Path:
