@@ -8,9 +8,10 @@
    and the same random weights (a 2-layer BERT and a MiniLM-L6 shape, MiniLM tokenizer): the
    CPU-side cost per pair, which is what limits a small model on a GPU; target >= 2x. Beside
    them the floor: the bare model on pre-tokenised, pre-padded, length-sorted batches (no
-   tokenisation, no Python per pair). sentence-transformers >= 5 sorts its inputs by length
+   tokenisation, no Python per pair). sentence-transformers >= 5.4.0 sorts its inputs by length
    too (cross_encoder/model.py `length_sorted_idx`), so both pad alike and neither can beat
-   the floor: the ratio to sentence-transformers is bounded by st / floor.
+   the floor: the ratio to sentence-transformers is bounded by st / floor. (5.3.0 and earlier
+   do not sort; run this script in a venv with sentence-transformers==5.3.0 to compare with that.)
 
   RANKIFY_DATA_DIR=/work/shared/data python benchmarks/bench_backends.py
 """
