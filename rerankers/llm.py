@@ -144,6 +144,7 @@ class Caller:
         self.backend, self.ctx, self.paradigm, self.template = backend, ctx, paradigm, template
         self.explain = explain  # keep each answer's <think> reasoning for explanations.jsonl
         self.explanations: list[dict] = []
+        self._explained: Counter = Counter()  # explanations kept per query: each record's call number
         self.store = ctx.store if use_cache else None
         # One thread at a time talks to the cache: Store opens a connection per thread and
         # switches it to WAL, which sqlite may refuse ("database is locked") when many
@@ -234,8 +235,8 @@ class Caller:
                 with TOKENIZER_LOCK:
                     n = len(tok(reasoning, add_special_tokens=False)["input_ids"])
             with self._lock:
-                calls = sum(1 for e in self.explanations if e["query_id"] == qid)
-                self.explanations.append({"query_id": qid, "call": calls + 1, "reasoning": reasoning,
+                self._explained[qid] += 1
+                self.explanations.append({"query_id": qid, "call": self._explained[qid], "reasoning": reasoning,
                                           "answer": answer, "reasoning_tokens": n})
 
     def _finish(self, tagged, keys, out, chunk) -> None:

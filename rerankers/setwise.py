@@ -135,7 +135,7 @@ class Setwise(LLMRerankerBase, Reranker):
         after = parser.get("after")
         nc = self.num_child
         if self.shuffle == "query":
-            rng = random.Random(f"{self.shuffle_seed}:{query.id}")
+            rng = self._rng(query.id)
 
         def compare(inds: list[int]):
             docs = [arr[i] for i in inds]
@@ -173,6 +173,14 @@ class Setwise(LLMRerankerBase, Reranker):
         order = top + [i for i in range(n) if i not in chosen]
         return [Candidate(cands[i].doc_id, -float(r), cands[i].text) for r, i in enumerate(order, 1)]
 
+    def _rng(self, query_id: str | None) -> random.Random | None:
+        """The stream that shuffles each comparison: the run's (query_id None) or the query's."""
+        if self.shuffle == "none":
+            return None
+        if self.shuffle == "run":
+            return random.Random(self.shuffle_seed)
+        return random.Random(f"{self.shuffle_seed}:{query_id}")
+
     def first_comparison(self, query: Query, cands: list[Candidate], dataset: str = "") -> tuple[list[int], list[dict]]:
         """(first-stage positions shown, messages) of the first comparison a run makes for this
         query (exact for the first query of a shuffle=run run, and for every query otherwise)."""
@@ -182,8 +190,7 @@ class Setwise(LLMRerankerBase, Reranker):
         while i > 0 and nc * i + 1 >= n:
             i -= 1
         inds = [i] + list(range(nc * i + 1, min(nc * (i + 1) + 1, n)))
-        rng = None if self.shuffle == "none" else random.Random(
-            self.shuffle_seed if self.shuffle == "run" else f"{self.shuffle_seed}:{query.id}")
+        rng = self._rng(query.id)
         perm = rng.sample(range(len(inds)), len(inds)) if rng is not None else list(range(len(inds)))
         qlen, dlen = self.lengths(dataset)
         shown = [inds[p] for p in perm]
@@ -193,6 +200,6 @@ class Setwise(LLMRerankerBase, Reranker):
         self.dataset = ctx.dataset or ""
         caller = self._caller(ctx)
         if self.shuffle == "run":  # one stream over the run: queries one after another, as the reference
-            rng = random.Random(self.shuffle_seed)
+            rng = self._rng(None)
             return drive(items, lambda q, c: self._plan(caller, q, c, rng), caller, ctx, 1, chunk_queries=1)
         return drive(items, lambda q, c: self._plan(caller, q, c, None), caller, ctx, self.concurrency)
