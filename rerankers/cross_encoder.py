@@ -45,6 +45,11 @@ class CrossEncoder(NeuralReranker):
                 ctx.stats["truncated_pairs"] += sum(1 for s in whole if len(s) > self.max_length)
         return ids, types
 
+    def token_pairs(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[Pair]:
+        """What a backend that runs the model here receives: the token ids alone."""
+        ids, types = self.encode(pairs, ctx)
+        return [Pair(q, d, ids[i], types[i] if types is not None else None) for i, (q, d) in enumerate(pairs)]
+
     def render(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[Pair]:
         """What the backend receives: token ids for a local model, and for a server (which
         tokenizes the pair itself) the texts, a cut document written as its kept tokens."""
@@ -86,6 +91,8 @@ class CrossEncoder(NeuralReranker):
             return self.map_batches([len(q) + len(d) for q, d in pairs],
                                     lambda batch, rendered: self.backend.pair_scores(rendered, pad_id=pad_id),
                                     emit=True, prepare=prepare, ready=lambda b: all(short(i) for i in b))
-        rendered = self.render(pairs, ctx)
-        return self.map_batches([len(p.ids) for p in rendered],
-                                lambda b: self.backend.pair_scores([rendered[i] for i in b], pad_id=pad_id), emit=True)
+        # tokenized up front, in one call (a fast tokenizer spreads it over the cores), so batches
+        # are formed by exact token length; a pair's tokens never depend on its batch
+        rendered = self.token_pairs(pairs, ctx) if self.backend.pair_ids else self.render(pairs, ctx)
+        return self.map_batches([len(p.ids) for p in rendered], lambda b, packed: self.backend.packed_scores(packed),
+                                emit=True, prepare=lambda b: self.backend.pack_pairs([rendered[i] for i in b], pad_id=pad_id))

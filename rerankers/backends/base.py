@@ -68,6 +68,8 @@ class Pair:
 
 class Backend:
     kind = "?"
+    pair_ids = False  # pair_scores reads Pair.ids (the model runs here from token ids), not the texts
+    runs_async = False  # the model runs on a device while this thread goes on (CUDA): prepare batches ahead
     batched = False  # chat: True when the driver should gather requests of many queries into one call
     concurrency = 1  # pointwise batches in flight at once (HTTP backends overlap them)
     local = False  # the model runs in this process: its tokenizer is known and decoding is greedy
@@ -106,6 +108,15 @@ class Backend:
 
     def pair_scores(self, pairs: Sequence[Pair], *, pad_id: int = 0) -> list[float]:
         raise self.unsupported("pair_scores")
+
+    def pack_pairs(self, pairs: Sequence[Pair], *, pad_id: int = 0):
+        """What `packed_scores` takes: built on a background thread while the model runs the
+        previous batch (the hf backend pads the token ids into tensors here)."""
+        return (list(pairs), pad_id)
+
+    def packed_scores(self, packed) -> list[float]:
+        pairs, pad_id = packed
+        return self.pair_scores(pairs, pad_id=pad_id)
 
     def embed(self, prompts: Sequence[list[int]], *, pad_id: int = 0, pooling: str = "model") -> list[list[float]]:
         raise self.unsupported("embed")

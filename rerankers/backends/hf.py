@@ -58,6 +58,7 @@ def merge_adapter(model, adapter: str):
 
 class HF(Backend):
     kind = "hf"
+    pair_ids = True
     batched = True
     local = True
 
@@ -95,6 +96,10 @@ class HF(Backend):
     @property
     def device(self) -> str:
         return self.resolve()[0]
+
+    @property
+    def runs_async(self) -> bool:
+        return self.device.startswith("cuda")
 
     def identity(self) -> dict:
         ident = {"backend": self.kind, "model": self.model_name, "revision": self.revision or "main",
@@ -154,15 +159,26 @@ class HF(Backend):
 
     # -- pointwise operations --------------------------------------------------------------
     def pair_scores(self, pairs: Sequence[Pair], *, pad_id: int = 0) -> list[float]:
-        from ..base import pad, require_torch
+        return self.packed_scores(self.pack_pairs(pairs, pad_id=pad_id))
+
+    def pack_pairs(self, pairs: Sequence[Pair], *, pad_id: int = 0) -> dict:
+        """Padded input tensors, in pinned memory on CUDA so the copy to the device does not block."""
+        from ..base import pad
+
+        input_ids, mask = pad([p.ids for p in pairs], pad_id, "right")
+        inputs = {"input_ids": input_ids, "attention_mask": mask}
+        if pairs[0].types is not None:
+            inputs["token_type_ids"] = pad([p.types for p in pairs], 0, "right")[0]
+        if self.device.startswith("cuda"):
+            inputs = {k: v.pin_memory() for k, v in inputs.items()}
+        return inputs
+
+    def packed_scores(self, inputs: dict) -> list[float]:
+        from ..base import require_torch
 
         torch = require_torch()
         model = self._model("seq-cls")
-        input_ids, mask = pad([p.ids for p in pairs], pad_id, "right")
-        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if pairs[0].types is not None:
-            tt, _ = pad([p.types for p in pairs], 0, "right")
-            inputs["token_type_ids"] = tt.to(self.device)
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         with torch.inference_mode():
             logits = self.forward(model, **inputs).logits.float()
         if logits.shape[-1] == 1:
