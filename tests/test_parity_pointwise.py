@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 # ArguAna queries whose BM25 top-100 are compared (all 1,406 = 140,600 pairs with RANKIFY_PARITY_FULL=1;
-# CI compares token ids on the first 50 queries and scores on the first 8).
+# CI compares token ids on the first 50 queries and scores on the first 8, alone on the first 2).
 FULL = bool(os.environ.get("RANKIFY_PARITY_FULL"))
 ID_QUERIES = 1406 if FULL else 50
 SCORED_QUERIES = 1406 if FULL else 8
@@ -130,13 +130,16 @@ def test_cross_encoder_scores_alone_in_any_batch_and_cached_equal_crossencoder(a
     odd, _ = scores(7)
     cached, ctx2 = scores(32, Store(tmp_path / "cache"))
     assert ctx2.stats["cached_scores"] == len(pairs) and ctx2.stats["scored_pairs"] == 0
-    # alone: every pair of the first queries in its own batch of one
-    alone_items = [(q, [c]) for q, cands in items[:2] for c in cands]
+    # alone: every pair in its own batch of one (CI: the pairs of the first 2 queries; full: all of them)
+    alone_items = [(q, [c]) for q, cands in (items if FULL else items[:2]) for c in cands]
     alone, _ = scores(1, items=alone_items)
     ref = st.CrossEncoder(tiny_bert, device="cpu").predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(),
                                                             convert_to_numpy=True)
     diff = max(abs(a - float(b)) for a, b in zip(batched, ref))
     report(f"cross-encoder scores vs CrossEncoder ({len(items)} ArguAna queries)", len(pairs), diff)
+    report("cross-encoder scores, batch 7 vs 32", len(pairs), max(abs(a - b) for a, b in zip(batched, odd)))
+    report("cross-encoder scores, alone vs batch 32", len(alone), max(abs(a - b) for a, b in zip(alone, batched)))
+    report("cross-encoder scores, cache vs computed (exact)", len(pairs), max(abs(a - b) for a, b in zip(batched, cached)))
     assert diff <= 1e-5
     assert batched == cached  # the cache returns exactly what was computed
     assert max(abs(a - b) for a, b in zip(batched, odd)) <= 1e-6
