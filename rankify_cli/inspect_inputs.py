@@ -23,6 +23,9 @@ def _tokenizer(rr):
 
 def _pointwise(rr, query: Query, cands: list[Candidate], ctx: StageContext) -> list[dict]:
     pairs = rr._pairs(query, cands)
+    if hasattr(rr, "render_pair"):  # generative: the prompt as cut, not as given
+        rendered = [rr.render_pair(q, d, ctx) for q, d in pairs]
+        return [{"doc_ids": [c.doc_id], "text": text, "token_ids": list(ids)} for c, (text, ids) in zip(cands, rendered)]
     ids = rr.encode(pairs, ctx)
     if isinstance(ids, tuple):  # cross-encoder: (input ids, token type ids)
         ids = ids[0]

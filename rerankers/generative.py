@@ -42,16 +42,35 @@ class Generative(NeuralReranker):
                          backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                          timeout=timeout, max_retries=max_retries, served_model=served_model,
                          max_per_replica=max_per_replica)
-        self.instruction = str(instruction) if instruction is not None else self.t.get("instruction", "")
+        self._instruction = str(instruction) if instruction is not None else None
+        self.dataset = ""  # set per run: the template may give each dataset its own instruction
+        self.max_query_tokens = int(self.t.get("max_query_tokens", 0))
+        self.max_document_tokens = int(self.t.get("max_document_tokens", 0))
         self.max_new_tokens = int(max_new_tokens if max_new_tokens is not None else self.t.get("max_new_tokens", 1024))
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be positive")
         self.answer_re = re.compile(self.t.get("answer_regex", r"<answer>\s*(\d+)\s*</answer>"), re.S)
         self.lo, self.hi = int(self.t.get("min_score", 0)), int(self.t.get("max_score", 10))
 
+    @property
+    def instruction(self) -> str:
+        """The user's instruction, else the template's for this dataset (an exact name, else a
+        `prefix-*` entry: ERank's Table 7 gives BRIGHT's subsets their own), else its default."""
+        if self._instruction is not None:
+            return self._instruction
+        table = self.t.get("dataset_instructions") or {}
+        found = table.get(self.dataset)
+        if found is None:
+            found = next((v for k, v in table.items() if k.endswith("*") and self.dataset.startswith(k[:-1])), None)
+        return found if found is not None else self.t.get("instruction", "")
+
     def extra_config(self) -> dict:
         return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
                 "instruction": self.instruction, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+
+    def rerank_all(self, items, ctx: StageContext):
+        self.dataset = ctx.dataset or ""  # before the cache key is made: it holds the instruction
+        return super().rerank_all(items, ctx)
 
     def tokenizer(self):
         def loader():
@@ -76,24 +95,43 @@ class Generative(NeuralReranker):
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[list[int]]:
+        return [self.render_pair(q, d, ctx)[1] for q, d in pairs]
+
+    def render_pair(self, q: str, d: str, ctx: StageContext | None = None) -> tuple[str, list[int]]:
+        """The prompt the model receives and its token ids: query and document cut to the
+        template's token limits, then the document shortened until the prompt fits max_length."""
+        if ctx is not None and ctx.dataset:  # the dataset's instruction
+            self.dataset = ctx.dataset
         tok = self.tokenizer()
-        out = []
-        for q, d in pairs:
-            ids = tok(self.prompt_text(q, d), add_special_tokens=False, verbose=False)["input_ids"]
-            if len(ids) > self.max_length:
-                d_ids = tok(d, add_special_tokens=False, verbose=False)["input_ids"]
-                keep = len(d_ids) - (len(ids) - self.max_length)
-                while True:
-                    keep = max(0, keep)
-                    cut = tok.decode(d_ids[:keep], skip_special_tokens=True)
-                    ids = tok(self.prompt_text(q, cut), add_special_tokens=False, verbose=False)["input_ids"]
-                    if len(ids) <= self.max_length or keep == 0:
-                        break
-                    keep -= len(ids) - self.max_length
-                if ctx is not None:
-                    ctx.stats["truncated_documents"] += 1
-            out.append(ids)
-        return out
+        q = self._cut(tok, q, self.max_query_tokens, ctx, "truncated_queries")
+        d = self._cut(tok, d, self.max_document_tokens, ctx, "truncated_documents")
+        text = self.prompt_text(q, d)
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) > self.max_length:
+            d_ids = tok(d, add_special_tokens=False, verbose=False)["input_ids"]
+            keep = len(d_ids) - (len(ids) - self.max_length)
+            while True:
+                keep = max(0, keep)
+                text = self.prompt_text(q, tok.decode(d_ids[:keep], skip_special_tokens=True))
+                ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+                if len(ids) <= self.max_length or keep == 0:
+                    break
+                keep -= len(ids) - self.max_length
+            if ctx is not None:
+                ctx.stats["truncated_documents"] += 1
+        return text, ids
+
+    @staticmethod
+    def _cut(tok, text: str, limit: int, ctx: StageContext | None, counter: str) -> str:
+        """A query or document over `limit` tokens cut to its first `limit` (ERank App. D: 2,048)."""
+        if limit <= 0 or len(text.encode("utf-8")) <= limit:  # a token covers at least one byte
+            return text
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) <= limit:
+            return text
+        if ctx is not None:
+            ctx.stats[counter] += 1
+        return tok.decode(ids[:limit], skip_special_tokens=True)
 
     # -- parsing -------------------------------------------------------------------------
     def parse(self, text: str) -> tuple[int, int, int] | None:

@@ -108,3 +108,64 @@ def test_e2rank_inputs_equal_the_reference_eval_py_golden(cli, e2rank_folder):
         compared += 1
     print(f"\nparity E2Rank inputs vs eval.py golden (DL19 1037798; SciFact 1, its own prompt): {compared} "
           "pseudo-queries and their 100 documents equal")
+
+
+# ERank: the paper's Fig. 5 wording, Table 7 instructions and App. D truncation (arXiv 2509.00520v1), typed
+# here from the paper, not from the template. The line breaks are the toolkit's (the paper's text does not
+# show them); the model repositories' examples/utils.py, the code behind the numbers, was not reachable.
+ERANK_FIG5 = ("Given a query and a document, please give a relevance score of 0 to 10.\n"
+              "The goal or relevance definition is: {instruction}\n\nHere is the query:\n{query}\n\n"
+              "Here is the document:\n{document}\n\n"
+              "After thinking, directly choose a relevance score from [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].\n"
+              "- 0 represents completely not related.\n- 10 means perfectly related.\n\nDesired output format:\n"
+              "<think>put your thinking here</think><answer>Only allows an integer here</answer>\n\nYour output:")
+ERANK_TABLE7 = {
+    "dl19": "Given a query, retrieval relevant passage.",
+    "scifact": "Given a query, retrieval relevant passage.",
+    "bright-pony": "I will use the programming language pony. But to solve the problem above, I need to know things "
+                   "about pony. A passage is relevant if it contains docs that match any part (even basic parts) of "
+                   "the code I will have to write for the above program.",
+    "bright-theoremqa-theorems": "We want to find a document which uses the same mathematical process as the query. "
+                                 "A document is relevant if it uses the same mathematical process as the query.",
+    "bright-biology": "A document is relevant if it contains information that helps answer or address the query. A "
+                      "document is not relevant if it doesn't contain information that helps answer the query, even "
+                      "if it mentions similar topics.",
+}
+
+
+def test_inspect_erank_shows_the_papers_prompt_with_each_datasets_instruction(cli, tiny_qwen):
+    from transformers import AutoTokenizer
+
+    from rankify_cli import registry
+    from rankify_cli.inspect_inputs import inspect_inputs
+    from rankify_cli.types import Candidate, Query
+    from tests.test_neural_rerankers import dl19_items
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen)
+
+    def expected(instruction, q, d):
+        user = ERANK_FIG5.format(instruction=instruction, query=q, document=d)
+        return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+
+    doc = _inspect(cli, "-d", "dl19", "-r", "run:bm25", "--reranker", f"erank-4b:{tiny_qwen}", "--top-k", "3",
+                   "--query", "1037798")
+    q, docs = dl19_items(3)["1037798"]
+    assert [i["text"] for i in doc["inputs"]] == [expected(ERANK_TABLE7["dl19"], q, d) for _, d in docs]
+    assert doc["inputs"][0]["token_ids"] == tok(doc["inputs"][0]["text"], add_special_tokens=False)["input_ids"]
+
+    rr = registry.build("reranker", f"generative:{tiny_qwen}")
+    query, cand = Query("q", "which pony type holds a value"), [Candidate("d", 0.0, "a passage")]
+    for dataset, instruction in ERANK_TABLE7.items():
+        got = inspect_inputs(rr, query, cand, dataset)["inputs"][0]["text"]
+        assert got == expected(instruction, query.text, "a passage"), dataset
+    own = registry.build("reranker", f"generative:{tiny_qwen}?instruction=Find_proofs")  # the user's wins
+    assert "definition is: Find_proofs\n" in inspect_inputs(own, query, cand, "bright-pony")["inputs"][0]["text"]
+
+    # App. D: a query or document over 2,048 tokens is cut to its first 2,048 (and counted)
+    long_doc = " ".join(t for _, t in docs) * 40
+    ids = tok(long_doc, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2048
+    shown = inspect_inputs(rr, query, [Candidate("long", 0.0, long_doc)], "dl19")
+    cut = tok.decode(ids[:2048], skip_special_tokens=True)
+    assert shown["inputs"][0]["text"] == expected(ERANK_TABLE7["dl19"], query.text, cut)
+    assert shown["stats"]["truncated_documents"] == 1
