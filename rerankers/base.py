@@ -177,6 +177,21 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
+def fit_document(tok, render: Callable[[str, str], str], query: str, doc_ids: list[int], prompt_len: int,
+                 max_length: int, special: bool = False) -> tuple[str, list[int]]:
+    """(text, ids) of the prompt whose document is the longest prefix of `doc_ids` that lets it fit
+    max_length: cut the document's tokens, re-render, re-tokenize (a cut can change the tokens at
+    the seam) until it fits or nothing of the document is left."""
+    keep = len(doc_ids) - (prompt_len - max_length)
+    while True:
+        keep = max(0, keep)
+        text = render(query, tok.decode(doc_ids[:keep], skip_special_tokens=True))
+        ids = tok(text, add_special_tokens=special, verbose=False)["input_ids"]
+        if len(ids) <= max_length or keep == 0:
+            return text, ids
+        keep -= len(ids) - max_length
+
+
 PREFETCH = 4  # batches prepared ahead of the model: enough to hide tokenizing, bounded in memory
 
 

@@ -17,7 +17,7 @@ import re
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext, fingerprint
 
-from .base import NeuralReranker, load_once, read_template
+from .base import NeuralReranker, fit_document, load_once, read_template
 
 FAILED = -1.0
 _FIELD = re.compile(r"\{(query|document|instruction)\}")
@@ -109,14 +109,7 @@ class Generative(NeuralReranker):
         ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) > self.max_length:
             d_ids = tok(d, add_special_tokens=False, verbose=False)["input_ids"]
-            keep = len(d_ids) - (len(ids) - self.max_length)
-            while True:
-                keep = max(0, keep)
-                text = self.prompt_text(q, tok.decode(d_ids[:keep], skip_special_tokens=True))
-                ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
-                if len(ids) <= self.max_length or keep == 0:
-                    break
-                keep -= len(ids) - self.max_length
+            text, ids = fit_document(tok, self.prompt_text, q, d_ids, len(ids), self.max_length)
             if ctx is not None:
                 ctx.stats["truncated_documents"] += 1
         return text, ids

@@ -35,7 +35,7 @@ import re
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext, fingerprint
 
-from .base import NeuralReranker, load_once, read_template
+from .base import NeuralReranker, fit_document, load_once, read_template
 
 _FIELD = re.compile(r"\{(query|document|instruction)\}")
 
@@ -248,15 +248,7 @@ class LogitPair(NeuralReranker):
             if len(ids) <= self.max_length:
                 continue
             q, d = pairs[i]
-            d_ids = self._ids(tok, d)
-            keep = len(d_ids) - (len(ids) - self.max_length)
-            while True:  # cut the document's tokens, re-render, re-tokenize until it fits
-                keep = max(0, keep)
-                text = self.prompt_text(q, tok.decode(d_ids[:keep], skip_special_tokens=True))
-                ids = tok(text, add_special_tokens=special, verbose=False)["input_ids"]
-                if len(ids) <= self.max_length or keep == 0:
-                    break
-                keep -= len(ids) - self.max_length
+            _, ids = fit_document(tok, self.prompt_text, q, self._ids(tok, d), len(ids), self.max_length, special)
             if len(ids) > self.max_length:
                 raise ConfigError(f"the prompt without its document is longer than max_length {self.max_length}")
             out[i] = ids
