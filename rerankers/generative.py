@@ -65,8 +65,19 @@ class Generative(NeuralReranker):
         return found if found is not None else self.t.get("instruction", "")
 
     def extra_config(self) -> dict:
-        return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16],
-                "instruction": self.instruction, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+        # the same before and after a run (a result's config hash must not move): a dataset's own
+        # instruction is in the template (its fingerprint), and in the pairs' cache key below
+        if self._instruction is not None:
+            shown = self._instruction
+        elif self.t.get("dataset_instructions"):
+            shown = "by dataset (template dataset_instructions)"
+        else:
+            shown = self.t.get("instruction", "")
+        return {"template": self.template_name, "template_fingerprint": fingerprint(self.t)[:16], "instruction": shown,
+                "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+
+    def cache_fingerprint(self) -> str:
+        return fingerprint({"config": super().cache_fingerprint(), "instruction": self.instruction})
 
     def rerank_all(self, items, ctx: StageContext):
         self.dataset = ctx.dataset or ""  # before the cache key is made: it holds the instruction

@@ -158,6 +158,11 @@ def test_inspect_erank_shows_the_papers_prompt_with_each_datasets_instruction(cl
     for dataset, instruction in ERANK_TABLE7.items():
         got = inspect_inputs(rr, query, cand, dataset)["inputs"][0]["text"]
         assert got == expected(instruction, query.text, "a passage"), dataset
+    # the config (and so a result's config hash) does not move with the dataset; the pairs' cache key does
+    rr.dataset = "bright-pony"
+    pony_key, pony_cfg = rr.cache_fingerprint(), rr.config()
+    rr.dataset = "dl19"
+    assert rr.config() == pony_cfg and rr.cache_fingerprint() != pony_key
     own = registry.build("reranker", f"generative:{tiny_qwen}?instruction=Find_proofs")  # the user's wins
     assert "definition is: Find_proofs\n" in inspect_inputs(own, query, cand, "bright-pony")["inputs"][0]["text"]
 
