@@ -177,6 +177,17 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
     return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
+def for_dataset(table: dict | None, dataset: str):
+    """A template's per-dataset entry: the dataset's own name, else the longest key it starts with
+    (`dl` for dl19 and dl20, `bright-` for every BRIGHT subset); None when no key applies."""
+    if not table or not dataset:
+        return None
+    if dataset in table:
+        return table[dataset]
+    prefixes = [k for k in table if dataset.startswith(k)]
+    return table[max(prefixes, key=len)] if prefixes else None
+
+
 def fit_document(tok, render: Callable[[str, str], str], query: str, doc_ids: list[int], prompt_len: int,
                  max_length: int, special: bool = False) -> tuple[str, list[int]]:
     """(text, ids) of the prompt whose document is the longest prefix of `doc_ids` that lets it fit

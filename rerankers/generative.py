@@ -17,7 +17,7 @@ import re
 from rankify_cli.errors import ConfigError
 from rankify_cli.types import StageContext, fingerprint
 
-from .base import NeuralReranker, fit_document, load_once, read_template
+from .base import NeuralReranker, fit_document, for_dataset, load_once, read_template
 
 FAILED = -1.0
 _FIELD = re.compile(r"\{(query|document|instruction)\}")
@@ -54,14 +54,11 @@ class Generative(NeuralReranker):
 
     @property
     def instruction(self) -> str:
-        """The user's instruction, else the template's for this dataset (an exact name, else a
-        `prefix-*` entry: ERank's Table 7 gives BRIGHT's subsets their own), else its default."""
+        """The user's instruction, else the template's for this dataset (ERank's Table 7 gives
+        some BRIGHT subsets their own, the others one shared), else its default."""
         if self._instruction is not None:
             return self._instruction
-        table = self.t.get("dataset_instructions") or {}
-        found = table.get(self.dataset)
-        if found is None:
-            found = next((v for k, v in table.items() if k.endswith("*") and self.dataset.startswith(k[:-1])), None)
+        found = for_dataset(self.t.get("dataset_instructions"), self.dataset)
         return found if found is not None else self.t.get("instruction", "")
 
     def extra_config(self) -> dict:

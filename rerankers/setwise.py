@@ -31,6 +31,7 @@ from typing import Sequence
 from rankify_cli.types import Candidate, Query, Reranker, StageContext
 
 from .llm import MAX_PARSED_CHARS, COMMON_DOC, LLMRerankerBase, Plan, drive
+from .base import for_dataset
 
 
 def parse_label(response: str, labels: Sequence[str], pattern: str, lowercase: bool = True,
@@ -91,10 +92,9 @@ class Setwise(LLMRerankerBase, Reranker):
         """(query, document) token budgets: the user's, else the template's for the dataset."""
         t = self.template
         q, d = int(t.get("query_max_tokens", 128)), int(t.get("doc_max_tokens", 128))
-        for prefix, (dq, dd) in (t.get("dataset_lengths") or {}).items():
-            if dataset.startswith(prefix):
-                q, d = int(dq), int(dd)
-                break
+        own = for_dataset(t.get("dataset_lengths"), dataset)
+        if own is not None:
+            q, d = int(own[0]), int(own[1])
         return self.query_max_tokens or q, self.doc_max_tokens or d
 
     def config(self) -> dict:
