@@ -51,21 +51,19 @@ class CrossEncoder(NeuralReranker):
         return [Pair(q, d, ids[i], types[i] if types is not None else None) for i, (q, d) in enumerate(pairs)]
 
     def render(self, pairs: list[tuple[str, str]], ctx: StageContext | None = None) -> list[Pair]:
-        """What the backend receives: token ids for a local model, and for a server (which
-        tokenizes the pair itself) the texts, a cut document written as its kept tokens."""
+        """What a server (which tokenizes the pair itself) receives: the token pairs with their
+        texts, a cut document (or query) written as its kept tokens."""
         tok = self.tokenizer()
-        ids, types = self.encode(pairs, ctx)
-        out = []
-        for i, (q, d) in enumerate(pairs):
-            t = types[i] if types is not None else None
-            if t is not None and len(ids[i]) == self.max_length and 1 in t:  # maybe cut: the kept tokens
-                kept = tok.decode([x for x, k in zip(ids[i], t) if k == 1], skip_special_tokens=True)
-                if len(kept) < len(d.strip()):
-                    d = kept
-                kept_q = tok.decode([x for x, k in zip(ids[i], t) if k == 0], skip_special_tokens=True)
-                if len(kept_q) < len(q.strip()):  # longest_first cut the query too
-                    q = kept_q
-            out.append(Pair(q, d, ids[i], t))
+        out = self.token_pairs(pairs, ctx)
+        for p in out:
+            t = p.types
+            if t is not None and len(p.ids) == self.max_length and 1 in t:  # maybe cut: the kept tokens
+                kept = tok.decode([x for x, k in zip(p.ids, t) if k == 1], skip_special_tokens=True)
+                if len(kept) < len(p.document.strip()):
+                    p.document = kept
+                kept_q = tok.decode([x for x, k in zip(p.ids, t) if k == 0], skip_special_tokens=True)
+                if len(kept_q) < len(p.query.strip()):  # longest_first cut the query too
+                    p.query = kept_q
         return out
 
     def _compute(self, pairs: list[tuple[str, str]], ctx: StageContext) -> list[float]:
